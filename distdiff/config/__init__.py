@@ -1,0 +1,28 @@
+"""Typed run configuration: schema, YAML loading with dotted overrides, resolved dumps."""
+
+from distdiff.config.loader import (
+    ConfigError,
+    apply_overrides,
+    dump_yaml,
+    from_dict,
+    load_config,
+    load_yaml,
+    parse_override,
+    to_dict,
+)
+from distdiff.config.schema import (
+    DataConfig,
+    DDGANConfig,
+    DistributedConfig,
+    LDMConfig,
+    OptimConfig,
+    RunConfig,
+    StageConfig,
+    VAEConfig,
+)
+
+__all__ = [
+    "ConfigError", "apply_overrides", "dump_yaml", "from_dict", "load_config", "load_yaml",
+    "parse_override", "to_dict", "DataConfig", "DDGANConfig", "DistributedConfig", "LDMConfig",
+    "OptimConfig", "RunConfig", "StageConfig", "VAEConfig",
+]

@@ -1,0 +1,166 @@
+"""The run configuration: one typed tree, loaded from YAML and saved with every run.
+
+Defaults describe the embedded-MNIST demo (tiny presets that train on a CPU in minutes);
+`configs/*.yaml` override what an experiment changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule of one network."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optimizer lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("warmup_steps and grad_clip must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """Where training images (or latents) come from."""
+
+    # "embedded-mnist", "embedded-stacked-mnist", or a local folder / s3://bucket/prefix of shards
+    source: str = "embedded-mnist"
+    num_workers: int = 0  # loader workers per rank
+    stacked_size: int = 20000  # images drawn for embedded Stacked MNIST
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.source.startswith("embedded-")
+
+    def validate(self) -> None:
+        if self.source.startswith("embedded-") and self.source not in ("embedded-mnist", "embedded-stacked-mnist"):
+            raise ValueError(
+                f"data.source '{self.source}' is not an embedded dataset; "
+                "valid: embedded-mnist, embedded-stacked-mnist, a folder, or s3://bucket/prefix"
+            )
+
+
+@dataclass
+class StageConfig:
+    """Loop settings of one training stage (stage 1: VAE; stage 2: LDM + DDGAN)."""
+
+    steps: int = 1000
+    batch_size: int = 64  # per rank
+    log_every: int = 25
+    checkpoint_every: int = 500
+    sample_every: int = 500  # 0: only at the end
+    keep_checkpoints: int = 3
+    num_samples: int = 64  # images in each sample grid
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("log_every, checkpoint_every and keep_checkpoints must be >= 1")
+
+
+@dataclass
+class VAEConfig:
+    """Stage 1: the KL autoencoder."""
+
+    preset: str = "mnist-f4"
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    kl_weight: float = 1e-4  # beta in recon + beta * KL
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0))
+    # exported VAE weights for stage 2; None = this run's own stage-1 export
+    checkpoint: Optional[str] = None
+    scale_batches: int = 8  # batches used to estimate the latent scale factor
+
+
+@dataclass
+class LDMConfig:
+    """Stage 2a: the DDPM U-Net on scaled VAE latents."""
+
+    enabled: bool = True
+    preset: str = "small"
+    num_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    schedule: Literal["linear", "cosine"] = "linear"
+    class_conditional: bool = False
+    label_dropout: float = 0.1  # for classifier-free guidance
+    guidance_scale: float = 1.0
+    ema_decay: float = 0.999
+    ddim_steps: int = 50
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, weight_decay=0.0))
+
+
+@dataclass
+class DDGANConfig:
+    """Stage 2b: the Denoising Diffusion GAN on the same latents."""
+
+    enabled: bool = True
+    preset: str = "small"
+    num_steps: Optional[int] = None  # None: the preset's T
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    r1_gamma: float = 0.02
+    lazy_reg: int = 15  # R1 every k discriminator steps, scaled by k
+    ema_decay: float = 0.999
+    g_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.6e-4, betas=(0.5, 0.9), grad_clip=0.0))
+    d_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.25e-4, betas=(0.5, 0.9), grad_clip=0.0))
+
+    def validate(self) -> None:
+        if self.lazy_reg < 1:
+            raise ValueError("ddgan.lazy_reg must be >= 1")
+
+
+@dataclass
+class DistributedConfig:
+    """How Ray and DeepSpeed run the workers (ignored by --local runs)."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    zero_stage: int = 2
+    gradient_accumulation_steps: int = 1
+    storage_path: Optional[str] = None  # local folder or s3://bucket/prefix; None = output_dir
+    max_failures: int = 3
+    deepspeed: dict = field(default_factory=dict)  # raw DeepSpeed JSON merged last
+
+    def validate(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError("distributed.num_workers must be >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"distributed.zero_stage must be 0..3, got {self.zero_stage}")
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; saved resolved as config.yaml in the run directory."""
+
+    name: str = "mnist-embedded"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = "fp32"
+    space: Literal["latent", "pixel"] = "latent"  # stage 2 on VAE latents, or on pixels directly
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    ldm: LDMConfig = field(default_factory=LDMConfig)
+    ddgan: DDGANConfig = field(default_factory=DDGANConfig)
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=1500, batch_size=64))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=3000, batch_size=128))
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
+        if not (self.ldm.enabled or self.ddgan.enabled):
+            raise ValueError("ldm.enabled and ddgan.enabled are both false: stage 2 would train nothing")

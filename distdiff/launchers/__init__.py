@@ -1,0 +1,1 @@
+"""How runs are launched: one local process, or Ray Train workers."""

@@ -1,0 +1,63 @@
+"""One process on CPU or one GPU: the debug path and the embedded demo.
+
+Runs the same stage plans and loop as the Ray workers, with plain PyTorch engines and a
+`LocalContext` writing checkpoints under the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distdiff.config import RunConfig, dump_yaml
+from distdiff.train.context import LocalContext, resolve_device
+from distdiff.train.engines import TorchEngine
+from distdiff.train.loop import run_stage
+from distdiff.train.stages import build_ldm_plan, build_vae_plan, export_stage2, export_vae, run_dir
+from distdiff.train.summary import time_samplers, write_summary
+
+
+def torch_engine_factory(name, module, optim_cfg, kind):
+    """Engines for single-process training."""
+    return TorchEngine(module, optim_cfg, kind)
+
+
+def prepare_run_dir(cfg: RunConfig) -> Path:
+    """Create the run directory, print the resolved config and save it as config.yaml."""
+    directory = run_dir(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = dump_yaml(cfg)
+    print(f"resolved config (saved to {directory / 'config.yaml'}):\n{text}", flush=True)
+    (directory / "config.yaml").write_text(text)
+    return directory
+
+
+def train_vae_local(cfg: RunConfig) -> dict:
+    """Stage 1 in this process; exports the VAE with its latent scale factor."""
+    device = resolve_device(cfg.device)
+    ctx = LocalContext(run_dir(cfg) / "vae", device, cfg.stage1.keep_checkpoints)
+    plan = build_vae_plan(cfg, ctx, torch_engine_factory)
+    final = run_stage(ctx, plan)
+    final["export"] = str(export_vae(cfg, plan, device))
+    return final
+
+
+def train_ldm_local(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
+    """Stage 2 in this process; exports the networks and times the samplers."""
+    device = resolve_device(cfg.device)
+    ctx = LocalContext(run_dir(cfg) / "ldm", device, cfg.stage2.keep_checkpoints)
+    plan, sampler = build_ldm_plan(cfg, ctx, torch_engine_factory)
+    final = run_stage(ctx, plan)
+    final["export"] = str(export_stage2(cfg, plan, sampler))
+    final["sampling"] = time_samplers(cfg, sampler, sampler_timing_images, plan.stage_dir / "samples")
+    return final
+
+
+def run_pipeline_local(cfg: RunConfig) -> dict:
+    """VAE, then LDM + DDGAN, then summary.json in the run directory."""
+    directory = prepare_run_dir(cfg)
+    vae = train_vae_local(cfg)
+    ldm = train_ldm_local(cfg)
+    sampling = ldm.pop("sampling")
+    summary = write_summary(directory / "summary.json", {"vae": vae, "ldm": ldm}, sampling)
+    print(f"summary written to {directory / 'summary.json'}", flush=True)
+    return summary

@@ -1,0 +1,45 @@
+"""Turning a batch into scaled VAE latents: from images through the frozen encoder, or from latent shards."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distdiff.diffusion import randn
+
+
+class LatentSource:
+    """Produces the diffusion-space tensor z0 for a batch.
+
+    With a VAE, images are encoded (posterior sample) and multiplied by the VAE's scale factor;
+    latent-shard batches carry the posterior mean and log-variance, so the encoder is skipped.
+    Without a VAE (pixel space) the images are used as they are.
+    """
+
+    def __init__(self, vae: nn.Module | None):
+        self.vae = vae
+        if vae is not None:
+            vae.eval().requires_grad_(False)
+
+    @property
+    def scale(self) -> float:
+        return float(self.vae.scale_factor) if self.vae is not None else 1.0
+
+    @torch.no_grad()
+    def __call__(self, batch: dict, generator: torch.Generator | None) -> torch.Tensor:
+        """Return z0 (B, c, h, w) for `batch`."""
+        if "latent_mean" in batch:
+            mean, logvar = batch["latent_mean"], batch["latent_logvar"]
+        elif self.vae is None:
+            return batch["image"]
+        else:
+            mean, logvar = self.vae.encode(batch["image"])
+        eps = randn(mean.shape, generator, device=mean.device, dtype=mean.dtype)
+        return (mean + torch.exp(0.5 * logvar) * eps) * self.scale
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, c, h, w) -> images (B, C, H, W) in [-1, 1]."""
+        if self.vae is None:
+            return z.clamp(-1, 1)
+        return self.vae.decode(z / self.scale).clamp(-1, 1)

@@ -1,0 +1,133 @@
+"""Training checkpoints: engine states, EMA weights, data position, RNG states and counters.
+
+A checkpoint is a folder; it counts only once its `COMPLETE` marker exists, which the context
+writes last (after every rank has written its part), so a crash mid-write never leaves a folder
+that looks loadable. Weights are safetensors, everything else plain JSON or tensors loaded with
+`weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+COMPLETE_MARKER = "COMPLETE"
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, partial or corrupt; the message names the folder and file."""
+
+
+@dataclass
+class TrainState:
+    """Counters restored from a checkpoint."""
+
+    step: int = 0
+    samples_seen: int = 0
+    data_states: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def is_complete(directory: Path) -> bool:
+    """True when the folder carries the completion marker."""
+    return (directory / COMPLETE_MARKER).is_file()
+
+
+def list_complete(root: Path) -> list[Path]:
+    """Complete checkpoint folders under `root`, oldest step first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and is_complete(p)]
+    return [p for _, p in sorted(found)]
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints, and stale partial folders."""
+    complete = list_complete(root)
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """The global and training-generator RNG states of this rank."""
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def write_checkpoint(directory: Path, engines, emas: dict, state: TrainState, generator, rank: int,
+                     config_yaml: str | None = None) -> None:
+    """Write this rank's part of a checkpoint into `directory` (engines save collectively)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, engine in engines.items():
+        engine.save(directory / "engines" / name)
+    (directory / "rng").mkdir(exist_ok=True)
+    torch.save(rng_state(generator), directory / "rng" / f"rank-{rank:05d}.pt")
+    if rank != 0:
+        return
+    (directory / "ema").mkdir(exist_ok=True)
+    for name, ema in emas.items():
+        save_file(ema.state_dict(), str(directory / "ema" / f"{name}.safetensors"))
+    meta = {
+        "step": state.step,
+        "samples_seen": state.samples_seen,
+        "data_states": state.data_states,
+        "metrics": state.metrics,
+        "ema_updates": {name: ema.num_updates for name, ema in emas.items()},
+    }
+    (directory / "state.json").write_text(json.dumps(meta, indent=1))
+    if config_yaml is not None:
+        (directory / "config.yaml").write_text(config_yaml)
+
+
+def _require(path: Path, checkpoint: Path) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {path.relative_to(checkpoint)} is missing")
+    return path
+
+
+def read_checkpoint(directory: Path, engines, emas: dict, generator, rank: int) -> TrainState:
+    """Restore engines, EMAs and RNG from `directory`; returns the counters.
+
+    Raises:
+        CheckpointError: missing marker, missing file, or unreadable content (naming which).
+    """
+    if not is_complete(directory):
+        raise CheckpointError(f"checkpoint {directory} has no {COMPLETE_MARKER} marker: it is partial")
+    try:
+        meta = json.loads(_require(directory / "state.json", directory).read_text())
+        for name, engine in engines.items():
+            engine.load(_require(directory / "engines" / name, directory))
+        for name, ema in emas.items():
+            weights = load_file(str(_require(directory / "ema" / f"{name}.safetensors", directory)))
+            ema.load_state_dict(weights, meta["ema_updates"][name])
+        own = directory / "rng" / f"rank-{rank:05d}.pt"
+        # After a change of world size a rank may have no file of its own: reuse rank 0's stream.
+        rng_file = own if own.exists() else _require(directory / "rng" / "rank-00000.pt", directory)
+        restore_rng(torch.load(rng_file, weights_only=True), generator)
+    except CheckpointError:
+        raise
+    except Exception as err:  # corrupt safetensors, truncated JSON, wrong shapes...
+        raise CheckpointError(f"checkpoint {directory} is corrupt: {type(err).__name__}: {err}") from err
+    return TrainState(meta["step"], meta["samples_seen"], meta["data_states"], meta.get("metrics", {}))

@@ -1,0 +1,43 @@
+"""Exponential moving average of a network's weights, kept as a frozen copy of the network."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """A frozen copy of `module` whose parameters track an exponential moving average.
+
+    The effective decay warms up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so a
+    short run is not dominated by the random initialisation. Buffers are copied as they are.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.num_updates = 0
+        self.model = copy.deepcopy(module).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        """The decay used by the next update."""
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """Move the average one step towards `module`'s parameters."""
+        decay = self.current_decay()
+        ema_params = list(self.model.parameters())
+        params = [p.detach().to(e.dtype) for p, e in zip(module.parameters(), ema_params)]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for e, b in zip(self.model.buffers(), module.buffers()):
+            e.copy_(b)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state: dict, num_updates: int) -> None:
+        self.model.load_state_dict(state)
+        self.num_updates = num_updates

@@ -1,0 +1,104 @@
+"""Plain-PyTorch engines: a network with its optimizer, LR warmup and gradient clipping.
+
+The DeepSpeed engines in `deepspeed_engines.py` expose the same small surface, so the loop and
+the tasks run unchanged on either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from distdiff.config import OptimConfig
+
+
+def make_optimizer(params, cfg: OptimConfig, kind: str = "adamw") -> torch.optim.Optimizer:
+    """Adam or AdamW from an OptimConfig."""
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
+    return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def warmup_factor(warmup_steps: int):
+    """LR multiplier: linear warmup from ~0 to 1 over `warmup_steps`, then constant."""
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+class TorchEngine:
+    """One trainable network with its optimizer, for single-process training.
+
+    Args:
+        module: the network, already on its device.
+        cfg: optimizer settings (lr, betas, warmup, clipping).
+        kind: "adamw" or "adam".
+    """
+
+    def __init__(self, module: nn.Module, cfg: OptimConfig, kind: str = "adamw"):
+        self.module = module
+        self.cfg = cfg
+        self.optimizer = make_optimizer(module.parameters(), cfg, kind)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(cfg.warmup_steps))
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """What tasks call to run the network."""
+        return self.module
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def full_state_dict(self) -> dict:
+        """The complete module state dict (DeepSpeed engines gather partitioned weights here)."""
+        return self.module.state_dict()
+
+    def backward_step(self, loss: torch.Tensor) -> dict[str, float]:
+        """Backward, clip, optimizer and scheduler step, zero grads."""
+        loss.backward()
+        stats = {"lr": self.lr}
+        if self.cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
+            stats["grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def save(self, directory: Path) -> None:
+        """Write weights (safetensors) and optimizer/scheduler state into `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            directory / "optimizer.pt",
+        )
+
+    def load(self, directory: Path) -> None:
+        """Restore what `save` wrote."""
+        device = next(self.module.parameters()).device
+        self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
+        state = torch.load(directory / "optimizer.pt", map_location=device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class EngineSet:
+    """Engines keyed by network name; the `Updater` that tasks step through."""
+
+    def __init__(self, engines: dict):
+        self.engines = dict(engines)
+
+    def module(self, name: str) -> nn.Module:
+        return self.engines[name].forward_module
+
+    def update(self, name: str, loss: torch.Tensor) -> dict[str, float]:
+        return self.engines[name].backward_step(loss)
+
+    def items(self):
+        return self.engines.items()
+
+    def __getitem__(self, name: str):
+        return self.engines[name]

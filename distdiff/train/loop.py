@@ -1,0 +1,165 @@
+"""The training loop, written once against a `TrainContext`.
+
+It runs the same way in one local process and on N Ray workers: the context supplies rank,
+device, checkpoint storage and collectives; engines supply the optimisation; the task's step
+function supplies the losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from distdiff.config import StageConfig
+from distdiff.images import save_grid
+from distdiff.tasks import NonFiniteLossError
+from distdiff.train.checkpoint import TrainState, read_checkpoint, write_checkpoint
+from distdiff.train.context import TrainContext
+from distdiff.train.metrics import MetricsLogger
+
+StepFn = Callable[[dict, Any, int, torch.Generator], dict]
+
+
+@dataclass
+class StagePlan:
+    """Everything one training stage needs, built by `distdiff.train.stages`."""
+
+    name: str  # "vae" or "ldm"
+    engines: Any  # EngineSet (or the DeepSpeed equivalent)
+    emas: dict  # engine name -> EMA
+    step_fn: StepFn
+    stream: Any  # batches + state_dict / load_rank_states
+    stage: StageConfig
+    seed: int
+    stage_dir: Path
+    precision: str = "fp32"
+    config_yaml: str | None = None
+    sample_fn: Callable[[], dict[str, torch.Tensor]] | None = None  # grid name -> images in [-1, 1]
+    final_metrics: dict = field(default_factory=dict)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _resume(ctx: TrainContext, plan: StagePlan, generator: torch.Generator) -> TrainState:
+    latest = ctx.latest_checkpoint()
+    if latest is None:
+        return TrainState()
+    state = read_checkpoint(latest, plan.engines, plan.emas, generator, ctx.rank)
+    plan.stream.load_rank_states(state.data_states)
+    if ctx.rank == 0:
+        print(f"[{plan.name}] resumed from {latest} at step {state.step}", flush=True)
+    return state
+
+
+def _save(ctx: TrainContext, plan: StagePlan, state: TrainState, generator: torch.Generator) -> None:
+    state.data_states = ctx.all_gather_object(plan.stream.state_dict())
+    staging = ctx.begin_checkpoint(state.step)
+    write_checkpoint(staging, plan.engines, plan.emas, state, generator, ctx.rank, plan.config_yaml)
+    ctx.barrier()
+    ctx.commit_checkpoint(staging, state.step, state.metrics)
+
+
+def _write_samples(ctx: TrainContext, plan: StagePlan, step: int) -> None:
+    if plan.sample_fn is None or ctx.rank != 0:
+        return
+    for name, images in plan.sample_fn().items():
+        save_grid(images, plan.stage_dir / "samples" / f"{name}-step{step:08d}.png")
+        save_grid(images, plan.stage_dir / "samples" / f"{name}-latest.png")
+
+
+class _Throughput:
+    """Images/s and the fraction of step time spent waiting for data, over a logging window."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.images, self.busy, self.waiting, self.start = 0, 0.0, 0.0, time.perf_counter()
+
+    def add(self, images: int, wait: float, step_time: float):
+        self.images += images
+        self.waiting += wait
+        self.busy += step_time
+
+    def summary(self) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {"images_per_sec": self.images / elapsed, "data_wait_frac": self.waiting / max(self.busy, 1e-9)}
+
+
+def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
+    """Train `plan` to `plan.stage.steps`, resuming from the context's latest checkpoint.
+
+    Returns:
+        the final metrics (last logged values plus throughput), identical on every rank.
+    """
+    torch.manual_seed(plan.seed * 1000 + ctx.rank)
+    generator = torch.Generator(device=ctx.device).manual_seed(plan.seed * 1_000_003 + ctx.rank)
+    state = _resume(ctx, plan, generator)
+    logger = MetricsLogger(plan.stage_dir) if ctx.rank == 0 else None
+    global_batch = plan.stage.batch_size * ctx.world_size
+    meter, overall = _Throughput(), _Throughput()
+    batches = iter(plan.stream)
+    bar = tqdm(total=plan.stage.steps, initial=state.step, desc=plan.name, disable=ctx.rank != 0,
+               dynamic_ncols=True, mininterval=1.0)
+    metrics: dict = dict(state.metrics)
+    while state.step < plan.stage.steps:
+        t0 = time.perf_counter()
+        batch = _to_device(next(batches), ctx.device)
+        t1 = time.perf_counter()
+        try:
+            with _autocast(plan.precision, ctx.device):
+                metrics = plan.step_fn(batch, plan.engines, state.step, generator)
+        except NonFiniteLossError as err:
+            latest = ctx.latest_checkpoint()
+            raise NonFiniteLossError(
+                f"[{plan.name}] step {state.step}: {err}; training stopped, nothing was saved; "
+                f"the latest good checkpoint stays {latest or '(none yet)'}"
+            ) from None
+        for name, ema in plan.emas.items():
+            ema.update(plan.engines[name].module)
+        state.step += 1
+        state.samples_seen += global_batch
+        dt = time.perf_counter() - t0
+        meter.add(global_batch, t1 - t0, dt)
+        overall.add(global_batch, t1 - t0, dt)
+        bar.update(1)
+        _after_step(ctx, plan, state, metrics, meter, logger, bar, generator)
+    bar.close()
+    final = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **overall.summary()}
+    final.update({"steps": state.step, "samples_seen": state.samples_seen})
+    if logger:
+        logger.close()
+    return final
+
+
+def _after_step(ctx, plan, state, metrics, meter, logger, bar, generator) -> None:
+    step, stage = state.step, plan.stage
+    last = step == stage.steps
+    if step % stage.log_every == 0 or last:
+        record = {**metrics, **meter.summary(), "samples_seen": state.samples_seen}
+        meter.reset()
+        state.metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        ctx.report(state.metrics)
+        if logger:
+            logger.log(step, record)
+        losses = {k.split("/")[0] + "/" + k.split("/")[1][:6]: f"{v:.4f}" for k, v in metrics.items()
+                  if "loss" in k}
+        bar.set_postfix({**losses, "img/s": f"{record['images_per_sec']:.0f}"}, refresh=False)
+    if step % stage.checkpoint_every == 0 or last:
+        _save(ctx, plan, state, generator)
+    if (stage.sample_every and step % stage.sample_every == 0) or last:
+        _write_samples(ctx, plan, step)
