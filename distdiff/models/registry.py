@@ -1,0 +1,187 @@
+"""Closed registries of named model presets (plain dicts of constructor keyword arguments)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+from torch import nn
+
+from distdiff.models.ddgan import DDGANDiscriminator, DDGANGenerator
+from distdiff.models.unet import UNet
+from distdiff.models.vae import KLVAE
+
+FAMILIES = ("vae", "unet", "ddgan_generator", "ddgan_discriminator")
+
+_CLASSES: dict[str, type[nn.Module]] = {
+    "vae": KLVAE,
+    "unet": UNet,
+    "ddgan_generator": DDGANGenerator,
+    "ddgan_discriminator": DDGANDiscriminator,
+}
+
+VAE_PRESETS: dict[str, dict[str, Any]] = {
+    # Unit tests: f=2.
+    "tiny": dict(in_channels=3, latent_channels=4, base_channels=16, channel_mult=(1, 2), num_res_blocks=1),
+    # 32x32x1 MNIST demo, f=4 -> 8x8x4 latents; trains in minutes on a 2-core CPU.
+    "mnist-f4": dict(
+        in_channels=1, latent_channels=4, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+        likelihood="bernoulli",
+    ),
+    # Stable-Diffusion-like autoencoders.
+    "kl-f4": dict(in_channels=3, latent_channels=4, base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2),
+    "kl-f8": dict(in_channels=3, latent_channels=4, base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2),
+}
+
+UNET_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        in_channels=3, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), dropout=0.0
+    ),
+    # MNIST latent demo on 8x8x4 latents (attention at 4x4).
+    "small": dict(
+        in_channels=4, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(1,),
+        dropout=0.0,
+    ),
+    # Ho et al. 2020, CIFAR-10: 35.7 M parameters, attention at 16x16.
+    "ddpm-cifar10": dict(
+        in_channels=3, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,),
+        dropout=0.1, num_heads=1,
+    ),
+    # Latent diffusion on 32x32x4 latents: attention at 16x16 and 8x8.
+    "ldm-latent32": dict(
+        in_channels=4, model_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2),
+        dropout=0.1, num_heads=4,
+    ),
+}
+
+DDGAN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        num_timesteps=4,
+        generator=dict(
+            in_channels=3, nf=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), nz=8,
+            z_emb_dim=16, n_mlp=2,
+        ),
+        discriminator=dict(in_channels=3, nf=8, channel_mult=(2, 4, 4), full_res_block=True, t_emb_dim=16),
+    ),
+    # MNIST latent demo: 8x8x4 latents, unbounded outputs.
+    "small": dict(
+        num_timesteps=4,
+        generator=dict(
+            in_channels=4, nf=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(1,), nz=50,
+            z_emb_dim=128, n_mlp=3, output_activation="none",
+        ),
+        discriminator=dict(in_channels=4, nf=32, channel_mult=(2, 4, 8), full_res_block=True, t_emb_dim=64),
+    ),
+    # Xiao et al. 2022, CIFAR-10 (32x32, attention at 16x16, small discriminator).
+    "ddgan-cifar10": dict(
+        num_timesteps=4,
+        generator=dict(
+            in_channels=3, nf=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), nz=100,
+            z_emb_dim=256, n_mlp=4,
+        ),
+        discriminator=dict(in_channels=3, nf=64, channel_mult=(2, 4, 8, 8), full_res_block=True, t_emb_dim=128),
+    ),
+    # Xiao et al. 2022, CelebA-HQ 256 (attention at 16x16 = level 4, large discriminator).
+    "ddgan-celebahq256": dict(
+        num_timesteps=2,
+        generator=dict(
+            in_channels=3, nf=64, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attention_levels=(4,),
+            nz=100, z_emb_dim=256, n_mlp=3,
+        ),
+        discriminator=dict(
+            in_channels=3, nf=64, channel_mult=(2, 4, 8, 8, 8, 8, 8), full_res_block=False, t_emb_dim=128
+        ),
+    ),
+}
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
+
+
+def _table(family: str) -> dict[str, dict[str, Any]]:
+    _check_family(family)
+    if family == "vae":
+        return VAE_PRESETS
+    if family == "unet":
+        return UNET_PRESETS
+    return DDGAN_PRESETS
+
+
+def preset_names(family: str) -> list[str]:
+    """Names of the presets of ``family`` (for ddgan_* families: the DDGAN preset names)."""
+    return list(_table(family))
+
+
+def _lookup(family: str, name: str) -> dict[str, Any]:
+    table = _table(family)
+    if name not in table:
+        kind = "ddgan" if family.startswith("ddgan") else family
+        raise ValueError(f"unknown {kind} preset {name!r}; valid presets: {', '.join(table)}")
+    return table[name]
+
+
+def preset_kwargs(family: str, name: str) -> dict[str, Any]:
+    """A copy of the constructor kwargs of preset ``name`` in ``family``.
+
+    Raises:
+        ValueError: for an unknown family or preset (the message lists the valid names).
+    """
+    entry = _lookup(family, name)
+    if family == "ddgan_generator":
+        entry = entry["generator"]
+    elif family == "ddgan_discriminator":
+        entry = entry["discriminator"]
+    return copy.deepcopy(entry)
+
+
+def ddgan_num_timesteps(name: str) -> int:
+    """Number of denoising steps T of DDGAN preset ``name``."""
+    return int(_lookup("ddgan_generator", name)["num_timesteps"])
+
+
+def _check_kwargs(family: str, kwargs: dict[str, Any], source: str) -> None:
+    params = inspect.signature(_CLASSES[family].__init__).parameters
+    unknown = sorted(key for key in kwargs if key not in params or key == "self")
+    if unknown:
+        valid = ", ".join(p for p in params if p != "self")
+        raise TypeError(f"unknown {family} argument(s) {', '.join(unknown)} in {source}; valid: {valid}")
+
+
+def build_model(family: str, name: str, **overrides: Any) -> nn.Module:
+    """Build preset ``name`` of ``family``, with keyword overrides replacing preset values.
+
+    Args:
+        family: one of FAMILIES.
+        name: preset name (see :func:`preset_names`).
+        **overrides: constructor kwargs replacing the preset's (e.g. in_channels, num_classes, dropout).
+
+    Returns:
+        The model; ``model.model_config`` holds the family and the complete resolved kwargs.
+
+    Raises:
+        ValueError: unknown family or preset.
+        TypeError: an override that is not a constructor argument (named in the message).
+    """
+    kwargs = preset_kwargs(family, name)
+    _check_kwargs(family, overrides, f"overrides of preset {name!r}")
+    kwargs.update(overrides)
+    return _CLASSES[family](**kwargs)
+
+
+def model_from_config(model_config: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from its ``model_config`` ({"family": ..., "kwargs": {...}}).
+
+    Raises:
+        ValueError: malformed config or unknown family.
+        TypeError: a kwarg the family's constructor does not take.
+    """
+    if not isinstance(model_config, dict) or "family" not in model_config or "kwargs" not in model_config:
+        raise ValueError(f"model_config must be a dict with 'family' and 'kwargs', got {model_config!r}")
+    family = model_config["family"]
+    _check_family(family)
+    kwargs = dict(model_config["kwargs"])
+    _check_kwargs(family, kwargs, "model_config")
+    return _CLASSES[family](**kwargs)

@@ -1,0 +1,160 @@
+"""Convolutional building blocks: residual block, self-attention, up/down sampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from distdiff.nn.norm import AdaptiveGroupNorm, group_norm
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero all parameters of ``module`` in place and return it.
+
+    Used on the last layer of a residual branch so each block starts as the identity,
+    which keeps deep U-Nets stable at initialisation.
+    """
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    return module
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: norm, SiLU, conv, (+ embedding), norm, SiLU, dropout, conv.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels; a 1x1 convolution maps the skip path when they differ.
+        emb_dim: width of the (timestep) embedding added after the first conv; None for no embedding.
+        dropout: dropout probability before the second conv.
+        groups: maximum GroupNorm group count (reduced for small channel numbers).
+        style_dim: when set, both norms are AdaptiveGroupNorm conditioned on a style vector (DDGAN).
+        skip_rescale: divide the sum by sqrt(2) (NCSN++ / DDGAN convention).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int | None = None,
+        dropout: float = 0.0,
+        groups: int = 32,
+        style_dim: int | None = None,
+        skip_rescale: bool = False,
+    ):
+        super().__init__()
+        self.adaptive = style_dim is not None
+        self.norm1 = AdaptiveGroupNorm(groups, in_ch, style_dim) if self.adaptive else group_norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_ch) if emb_dim is not None else None
+        self.norm2 = AdaptiveGroupNorm(groups, out_ch, style_dim) if self.adaptive else group_norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.out_scale = 1.0 / math.sqrt(2.0) if skip_rescale else 1.0
+
+    def _norm(self, norm: nn.Module, x: torch.Tensor, style: torch.Tensor | None) -> torch.Tensor:
+        if self.adaptive:
+            if style is None:
+                raise ValueError("ResBlock with style_dim needs a style vector, got None")
+            return norm(x, style)
+        return norm(x)
+
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor | None = None, style: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, in_ch, H, W); emb: (B, emb_dim) or None; style: (B, style_dim) or None.
+
+        Returns (B, out_ch, H, W).
+        """
+        h = self.conv1(F.silu(self._norm(self.norm1, x, style)))  # (B, out_ch, H, W)
+        if self.emb_proj is not None:
+            if emb is None:
+                raise ValueError("ResBlock built with emb_dim needs an embedding, got None")
+            h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self._norm(self.norm2, h, style))))
+        out = self.skip(x) + h
+        if self.out_scale != 1.0:
+            out = out * self.out_scale
+        return out
+
+
+class AttentionBlock(nn.Module):
+    """Spatial multi-head self-attention with a residual connection.
+
+    GroupNorm, one 1x1 conv for q/k/v, ``scaled_dot_product_attention`` over the H*W positions,
+    zero-initialised 1x1 output projection.
+
+    Args:
+        ch: channels (must be divisible by num_heads).
+        num_heads: number of attention heads.
+        groups: maximum GroupNorm group count.
+    """
+
+    def __init__(self, ch: int, num_heads: int = 1, groups: int = 32):
+        super().__init__()
+        if num_heads < 1 or ch % num_heads != 0:
+            raise ValueError(f"AttentionBlock: channels {ch} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = group_norm(ch, groups)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = zero_module(nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x: torch.Tensor, *unused) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        b, c, h, w = x.shape
+        head_dim = c // self.num_heads
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, head_dim, h * w)  # (B, 3, nh, hd, L)
+        # (B, nh, L, hd) views; SDPA wants the sequence on dim -2.
+        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, nh, L, hd)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)  # (B, C, H, W)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a stride-2 3x3 convolution.
+
+    Args:
+        ch: channels in and out.
+    """
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, *unused) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double H and W with nearest-neighbour upsampling followed by a 3x3 convolution.
+
+    Args:
+        ch: channels in and out.
+    """
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, *unused) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, 2H, 2W)."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class EmbedSequential(nn.Sequential):
+    """A sequence of layers where residual blocks also receive the embedding and the style vector."""
+
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor | None = None, style: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run the layers in order; x: (B, C, H, W)."""
+        for layer in self:
+            x = layer(x, emb, style) if isinstance(layer, ResBlock) else layer(x)
+        return x
