@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from distdiff.train import preemption
 from distdiff.train.checkpoint import COMPLETE_MARKER, list_complete, prune, step_dir_name
 
 
@@ -29,6 +30,7 @@ class TrainContext(Protocol):
     def report(self, metrics: dict) -> None: ...
     def all_gather_object(self, obj: Any) -> list: ...
     def barrier(self) -> None: ...
+    def poll_preemption(self) -> str | None: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,3 +84,7 @@ class LocalContext:
 
     def barrier(self) -> None:
         pass
+
+    def poll_preemption(self) -> str | None:
+        """A pending SIGUSR1 (save) / SIGTERM (save and stop), once `preemption.install_handlers()` ran."""
+        return preemption.poll()

@@ -7,18 +7,37 @@ import copy
 import torch
 from torch import nn
 
+from distdiff.train.deepspeed_engines import gathered_parameters, is_partitioned
+
+
+def _full_copy(module: nn.Module) -> nn.Module:
+    """A plain copy of `module` with its full weights, also when ZeRO-3 partitions it."""
+    if not is_partitioned(module):
+        return copy.deepcopy(module)
+    # A deepcopy would copy ZeRO-3's shards and hooks: rebuild the network from its recorded config
+    # and load the gathered weights instead (collective: every rank builds its EMA).
+    from distdiff.models import model_from_config
+
+    device = next(module.parameters()).device
+    fresh = model_from_config(module.model_config).to(device)
+    with gathered_parameters(module):
+        fresh.load_state_dict(module.state_dict())
+    return fresh
+
 
 class EMA:
     """A frozen copy of `module` whose parameters track an exponential moving average.
 
     The effective decay warms up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so a
     short run is not dominated by the random initialisation. Buffers are copied as they are.
+    Under ZeRO-3 every rank keeps a full EMA copy and `update` gathers the partitioned weights, so
+    it must be called on every rank.
     """
 
     def __init__(self, module: nn.Module, decay: float):
         self.decay = decay
         self.num_updates = 0
-        self.model = copy.deepcopy(module).eval().requires_grad_(False)
+        self.model = _full_copy(module).eval().requires_grad_(False)
 
     def current_decay(self) -> float:
         """The decay used by the next update."""
@@ -29,8 +48,9 @@ class EMA:
         """Move the average one step towards `module`'s parameters."""
         decay = self.current_decay()
         ema_params = list(self.model.parameters())
-        params = [p.detach().to(e.dtype) for p, e in zip(module.parameters(), ema_params)]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        with gathered_parameters(module):
+            params = [p.detach().to(e.dtype) for p, e in zip(module.parameters(), ema_params)]
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         for e, b in zip(self.model.buffers(), module.buffers()):
             e.copy_(b)
         self.num_updates += 1

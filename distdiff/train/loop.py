@@ -19,6 +19,7 @@ from tqdm import tqdm
 from distdiff.config import StageConfig
 from distdiff.images import save_grid
 from distdiff.tasks import NonFiniteLossError
+from distdiff.train import preemption
 from distdiff.train.checkpoint import TrainState, read_checkpoint, write_checkpoint
 from distdiff.train.context import TrainContext
 from distdiff.train.metrics import MetricsLogger
@@ -74,9 +75,16 @@ def _save(ctx: TrainContext, plan: StagePlan, state: TrainState, generator: torc
 
 
 def _write_samples(ctx: TrainContext, plan: StagePlan, step: int) -> None:
-    if plan.sample_fn is None or ctx.rank != 0:
+    if plan.sample_fn is None:
         return
-    for name, images in plan.sample_fn().items():
+    # Under ZeRO-3 a forward of a live network is a collective: every rank samples, rank 0 saves.
+    collective = any(getattr(engine, "collective_forward", False) for _, engine in plan.engines.items())
+    if ctx.rank != 0 and not collective:
+        return
+    grids = plan.sample_fn()
+    if ctx.rank != 0:
+        return
+    for name, images in grids.items():
         save_grid(images, plan.stage_dir / "samples" / f"{name}-step{step:08d}.png")
         save_grid(images, plan.stage_dir / "samples" / f"{name}-latest.png")
 
@@ -116,6 +124,7 @@ def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
     bar = tqdm(total=plan.stage.steps, initial=state.step, desc=plan.name, disable=ctx.rank != 0,
                dynamic_ncols=True, mininterval=1.0)
     metrics: dict = dict(state.metrics)
+    preempted = False
     while state.step < plan.stage.steps:
         t0 = time.perf_counter()
         batch = _to_device(next(batches), ctx.device)
@@ -138,12 +147,31 @@ def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
         overall.add(global_batch, t1 - t0, dt)
         bar.update(1)
         _after_step(ctx, plan, state, metrics, meter, logger, bar, generator)
+        if _handle_preemption(ctx, plan, state, generator):
+            preempted = True
+            break
     bar.close()
     final = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **overall.summary()}
-    final.update({"steps": state.step, "samples_seen": state.samples_seen})
+    final.update({"steps": state.step, "samples_seen": state.samples_seen, "preempted": preempted})
     if logger:
         logger.close()
     return final
+
+
+def _checkpoint_due(step: int, stage: StageConfig) -> bool:
+    return step % stage.checkpoint_every == 0 or step == stage.steps
+
+
+def _handle_preemption(ctx: TrainContext, plan: StagePlan, state: TrainState, generator) -> bool:
+    """Checkpoint on a preemption notice (SIGUSR1 / SIGTERM); True when the stage must stop now."""
+    request = ctx.poll_preemption()
+    if request is None:
+        return False
+    if not _checkpoint_due(state.step, plan.stage):  # else _after_step has just saved this step
+        _save(ctx, plan, state, generator)
+    if ctx.rank == 0:
+        print(f"[{plan.name}] preemption notice ({request}): checkpoint of step {state.step} saved", flush=True)
+    return request == preemption.STOP
 
 
 def _after_step(ctx, plan, state, metrics, meter, logger, bar, generator) -> None:
@@ -159,7 +187,7 @@ def _after_step(ctx, plan, state, metrics, meter, logger, bar, generator) -> Non
         losses = {k.split("/")[0] + "/" + k.split("/")[1][:6]: f"{v:.4f}" for k, v in metrics.items()
                   if "loss" in k}
         bar.set_postfix({**losses, "img/s": f"{record['images_per_sec']:.0f}"}, refresh=False)
-    if step % stage.checkpoint_every == 0 or last:
+    if _checkpoint_due(step, stage):
         _save(ctx, plan, state, generator)
     if (stage.sample_every and step % stage.sample_every == 0) or last:
         _write_samples(ctx, plan, step)

@@ -1,0 +1,334 @@
+"""Training on a Ray cluster: a Ray Train `TorchTrainer` whose workers run DeepSpeed engines.
+
+The driver (this module, run by `launch/train_*.py` or under `ray job submit`) checks the storage,
+connects to the cluster named by `RAY_ADDRESS` (or starts a local one), converts the latest
+checkpoint to DeepSpeed's universal format when the number of workers changed, and starts the
+trainer. Each worker builds the stage plan with DeepSpeed engines and runs the shared loop.
+
+Storage layout (a local folder or s3://bucket/prefix; default: `output_dir`):
+    <storage>/<name>/config.yaml
+    <storage>/<name>/<stage>/checkpoints/step-XXXXXXXX/   (COMPLETE marker written last)
+    <storage>/<name>/<stage>/{metrics.jsonl, tensorboard/, samples/, export/}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+from distdiff.config import RunConfig, dump_yaml, from_dict, to_dict
+from distdiff.train.stages import run_dir, vae_export_path
+from distdiff.train.storage import Storage, StorageError, aws_environment
+
+STAGE_OUTPUTS = ("metrics.jsonl", "tensorboard", "samples", "export")  # mirrored into remote storage
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+
+def _absolute(cfg: RunConfig) -> RunConfig:
+    """A copy with `output_dir` (and a local storage path) absolute, as workers see the same paths."""
+    cfg = copy.deepcopy(cfg)
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    if cfg.distributed.storage_path and "://" not in cfg.distributed.storage_path:
+        cfg.distributed.storage_path = str(Path(cfg.distributed.storage_path).expanduser().resolve())
+    if cfg.vae.checkpoint and "://" not in cfg.vae.checkpoint:
+        cfg.vae.checkpoint = str(Path(cfg.vae.checkpoint).expanduser().resolve())
+    return cfg
+
+
+def open_storage(cfg: RunConfig, fail_fast: bool = False) -> Storage:
+    """The run's storage root: `distributed.storage_path`, or `output_dir` when unset."""
+    return Storage.open(cfg.distributed.storage_path or cfg.output_dir, fail_fast=fail_fast)
+
+
+def preflight(cfg: RunConfig) -> Storage:
+    """Fail in seconds, before any worker starts, on unusable storage or data.
+
+    Raises:
+        StorageError: the bucket does not exist, the endpoint is unreachable or the keys are wrong.
+    """
+    from distdiff.train.data_source import describe_source
+
+    storage = open_storage(cfg, fail_fast=True)
+    storage.check_writable()
+    describe_source(cfg.data)  # reads the shard manifest: the data bucket and keys are checked too
+    return open_storage(cfg)
+
+
+def prepare_run_dir(cfg: RunConfig) -> Path:
+    """Check storage and data, create the run directory, print and save the resolved config."""
+    cfg = _absolute(cfg)
+    storage = preflight(cfg)
+    directory = run_dir(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = dump_yaml(cfg)
+    print(f"resolved config (saved to {directory / 'config.yaml'}):\n{text}", flush=True)
+    (directory / "config.yaml").write_text(text)
+    storage.child(cfg.name).write_text(text, "config.yaml")
+    return directory
+
+
+def _connect(cfg: RunConfig) -> None:
+    """Join the cluster named by RAY_ADDRESS, else start a local one sized for the run."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    needed = cfg.distributed.num_workers * cfg.distributed.cpus_per_worker
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False)
+
+
+def _worker_env() -> dict:
+    """Runtime environment of the workers: AWS settings and, if needed, where distdiff lives."""
+    import ray
+
+    env = aws_environment()
+    package_parent = str(Path(__file__).resolve().parents[2])
+    job_env = ray.get_runtime_context().runtime_env or {}
+    installed = "site-packages" in package_parent or "dist-packages" in package_parent
+    if not installed and not job_env.get("working_dir"):
+        # A source checkout run in place: point the workers at it (same machine or shared disk).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+    return {"env_vars": env, "worker_process_setup_hook": "distdiff.train.preemption.install_worker_handlers"}
+
+
+def _prepare_elastic_resume(checkpoints: Storage, cfg: RunConfig) -> None:
+    """Convert the newest complete checkpoint to universal form when this run's layout differs."""
+    from distdiff.train.universal import (
+        UNIVERSAL_MARKER,
+        convert_checkpoint,
+        engine_dirs,
+        engines_needing_universal,
+        has_universal,
+    )
+
+    name = checkpoints.latest_complete()
+    if name is None or checkpoints.exists(name, UNIVERSAL_MARKER):
+        return
+    with tempfile.TemporaryDirectory(prefix="distdiff-universal-") as tmp:
+        local = checkpoints.download(name, Path(tmp) / name, skip=("universal",))
+        needed = engines_needing_universal(local, cfg.distributed.num_workers, cfg.distributed.zero_stage,
+                                           cfg.precision == "bf16")
+        if not needed or has_universal(local):
+            return
+        print(f"converting {checkpoints.uri}/{name} to a universal checkpoint for "
+              f"{cfg.distributed.num_workers} worker(s)", flush=True)
+        convert_checkpoint(local)
+        for directory in engine_dirs(local):
+            if (directory / "universal").is_dir():
+                checkpoints.upload(directory / "universal", f"{name}/engines/{directory.name}/universal")
+        # The marker goes last: a crash mid-upload leaves a conversion that is simply redone.
+        checkpoints.write_text("converted\n", name, UNIVERSAL_MARKER)
+
+
+class _SignalForwarder:
+    """Driver-side SIGTERM / SIGUSR1: ask the workers (through the cluster's KV store) to checkpoint.
+
+    SIGUSR1: checkpoint and continue. SIGTERM: checkpoint and stop; a second SIGTERM exits at once.
+    """
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.count = 0
+        self.previous: dict = {}
+        self.stopping = False
+
+    def _handle(self, signum, frame) -> None:
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        from distdiff.train.ray_context import driver_request_key
+
+        if signum == signal.SIGTERM and self.stopping:
+            raise SystemExit(143)
+        self.stopping = self.stopping or signum == signal.SIGTERM
+        self.count += 1
+        kind = "stop" if self.stopping else "save"
+        _internal_kv_put(driver_request_key(self.run_id), f"{kind}:{self.count}".encode(), overwrite=True)
+        print(f"signal {signal.Signals(signum).name}: asking the workers to checkpoint"
+              f"{' and stop' if kind == 'stop' else ''}", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
+    """Run one stage ("vae" or "ldm") on the cluster; returns the final metrics of rank 0."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = _absolute(cfg)
+    storage = preflight(cfg)
+    _connect(cfg)
+    checkpoints = storage.child(cfg.name, stage, "checkpoints")
+    _prepare_elastic_resume(checkpoints, cfg)
+    dist = cfg.distributed
+    run_id = f"{cfg.name}/{stage}/{uuid.uuid4().hex[:8]}"
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": to_dict(cfg), "stage": stage, "storage": storage, "run_id": run_id,
+                           "time_samplers": time_samplers},
+        torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
+                                     resources_per_worker={"CPU": dist.cpus_per_worker}),
+        run_config=RayRunConfig(
+            name="checkpoints", storage_path=checkpoints.root.rsplit("/", 1)[0], storage_filesystem=storage.fs,
+            failure_config=FailureConfig(max_failures=dist.max_failures),
+            # Pruning is ours (after the COMPLETE marker), so Ray never deletes a folder itself.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            worker_runtime_env=_worker_env(),
+        ),
+    )
+    with _SignalForwarder(run_id):
+        result = trainer.fit()
+    final = dict((result.metrics or {}).get("final", {}))
+    if final.get("preempted"):
+        print(f"[{stage}] stopped on a preemption notice at step {final.get('steps')}; run the same command "
+              "again to resume", flush=True)
+    return final
+
+
+def train_vae(cfg: RunConfig) -> dict:
+    """Stage 1 on the cluster; exports the VAE with its latent scale factor."""
+    return _fit(cfg, "vae")
+
+
+def train_ldm(cfg: RunConfig) -> dict:
+    """Stage 2 (LDM + DDGAN) on the cluster; exports raw and EMA weights."""
+    return _fit(cfg, "ldm")
+
+
+def run_pipeline(cfg: RunConfig) -> dict:
+    """VAE, then LDM + DDGAN, then summary.json in the run directory."""
+    from distdiff.train.summary import write_summary
+
+    directory = prepare_run_dir(cfg)
+    vae = train_vae(cfg)
+    if vae.get("preempted"):
+        return {"stages": {"vae": vae}, "preempted": True}
+    ldm = train_ldm(cfg) if not vae.get("preempted") else {}
+    if ldm.get("preempted"):
+        return {"stages": {"vae": vae, "ldm": ldm}, "preempted": True}
+    sampling = ldm.pop("sampling", {})
+    summary = write_summary(directory / "summary.json", {"vae": vae, "ldm": ldm}, sampling)
+    open_storage(_absolute(cfg)).child(cfg.name).upload(directory / "summary.json", "summary.json")
+    print(f"summary written to {directory / 'summary.json'}", flush=True)
+    return summary
+
+
+# -- the workers ---------------------------------------------------------------------------------
+
+
+def _stage_outputs(cfg: RunConfig, stage: str, storage: Storage) -> dict:
+    """Local output folders of rank 0 to mirror into storage (none when storage is the output dir)."""
+    local = run_dir(cfg) / stage
+    remote = storage.child(cfg.name, stage)
+    if not storage.is_s3 and Path(remote.root) == local:
+        return {}
+    return {local / item: remote.child(item) for item in STAGE_OUTPUTS}
+
+
+def _fetch_vae(cfg: RunConfig, storage: Storage, ctx) -> None:
+    """Make stage 1's exported VAE present on this node (from storage when trained elsewhere)."""
+    import ray.train
+
+    target = vae_export_path(cfg)
+    if cfg.space != "latent" or cfg.vae.checkpoint or Path(f"{target}.safetensors").exists():
+        return
+    if ray.train.get_context().get_local_rank() == 0:
+        storage.child(cfg.name, "vae").download("export", target.parent)
+    ctx.barrier()
+
+
+def _build_plan(cfg: RunConfig, stage: str, ctx, universal: frozenset):
+    import torch
+
+    from distdiff.train.deepspeed_engines import deepspeed_engine_factory
+    from distdiff.train.stages import build_ldm_plan, build_vae_plan
+
+    batch = cfg.stage1.batch_size if stage == "vae" else cfg.stage2.batch_size
+    factory = deepspeed_engine_factory(cfg.distributed, cfg.precision, batch, universal)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank (ZeRO-3 shards them as they are)
+    if stage == "vae":
+        return build_vae_plan(cfg, ctx, factory), None
+    return build_ldm_plan(cfg, ctx, factory)
+
+
+def _export(cfg: RunConfig, stage: str, plan, sampler, ctx, time_samplers: bool) -> dict:
+    """Consolidate weights on every rank; rank 0 writes the exports (and times the samplers)."""
+    from distdiff.train.stages import export_stage2, export_vae
+
+    for _, engine in plan.engines.items():
+        engine.consolidate()  # collective under ZeRO-3 / bf16
+    out: dict = {}
+    if ctx.rank == 0:
+        if stage == "vae":
+            out["export"] = str(export_vae(cfg, plan, ctx.device))
+        else:
+            out["export"] = str(export_stage2(cfg, plan, sampler))
+            if time_samplers:
+                from distdiff.train.summary import time_samplers as timing
+
+                out["sampling"] = timing(cfg, sampler, 16, plan.stage_dir / "samples")
+    ctx.barrier()
+    return out
+
+
+def _train_worker(config: dict) -> None:
+    """The Ray Train worker function: resume, train, export, report the final metrics."""
+    import ray.train
+    import torch
+
+    from distdiff.train.checkpoint import CheckpointError
+    from distdiff.train.deepspeed_engines import destroy_engines
+    from distdiff.train.loop import run_stage
+    from distdiff.train.ray_context import RayContext
+    from distdiff.train.universal import engines_needing_universal, has_universal
+
+    cfg = from_dict(RunConfig, config["cfg"])
+    stage, storage = config["stage"], config["storage"]
+    torch.set_num_threads(cfg.distributed.cpus_per_worker)
+    device = ray.train.torch.get_device() if cfg.distributed.use_gpu else torch.device("cpu")
+    keep = (cfg.stage1 if stage == "vae" else cfg.stage2).keep_checkpoints
+    ctx = RayContext(storage.child(cfg.name, stage, "checkpoints"), device, keep, config["run_id"],
+                     _stage_outputs(cfg, stage, storage))
+    resume = ctx.resolve_resume()
+    universal = frozenset()
+    if resume is not None:
+        universal = engines_needing_universal(resume, ctx.world_size, cfg.distributed.zero_stage,
+                                              cfg.precision == "bf16")
+        if universal and not has_universal(resume):
+            raise CheckpointError(f"{resume.name} needs a universal conversion for {ctx.world_size} workers; "
+                                  "the launcher converts it before the workers start")
+    if stage == "ldm":
+        _fetch_vae(cfg, storage, ctx)
+    plan, sampler = _build_plan(cfg, stage, ctx, universal)
+    try:
+        final = run_stage(ctx, plan)
+        if not final["preempted"]:
+            final.update(_export(cfg, stage, plan, sampler, ctx, config["time_samplers"]))
+        if ctx.rank == 0:
+            ctx.sync_outputs()
+        ray.train.report({"final": final})
+    finally:
+        destroy_engines(plan.engines)
+        ctx.close()
+
+
+__all__ = ["StorageError", "open_storage", "preflight", "prepare_run_dir", "run_pipeline", "train_ldm", "train_vae"]

@@ -1,0 +1,78 @@
+"""Preemption notices: SIGUSR1 asks for a checkpoint now, SIGTERM for a checkpoint and a clean stop.
+
+A signal handler only sets a flag; the training loop polls it once per step (`poll`), where a
+checkpoint can be written safely. Under Ray the flag of every rank (and the driver's, forwarded
+through the cluster) is combined by the context, so all ranks save at the same step.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+SAVE = "save"  # checkpoint, then keep training
+STOP = "stop"  # checkpoint, then end the stage early
+_PRIORITY = {None: 0, SAVE: 1, STOP: 2}
+
+_lock = threading.Lock()
+_pending: str | None = None
+
+
+def request(kind: str) -> None:
+    """Record a request (SAVE or STOP); a STOP is never downgraded to a SAVE."""
+    global _pending
+    with _lock:
+        if _PRIORITY[kind] > _PRIORITY[_pending]:
+            _pending = kind
+
+
+def poll() -> str | None:
+    """Take the pending request (None, SAVE or STOP) and clear it."""
+    global _pending
+    with _lock:
+        kind, _pending = _pending, None
+    return kind
+
+
+def strongest(kinds) -> str | None:
+    """The strongest of several requests (STOP over SAVE over None)."""
+    return max(kinds, key=lambda k: _PRIORITY[k], default=None)
+
+
+def code(kind: str | None) -> int:
+    """The request as a small integer, for an all-reduce (max) across ranks."""
+    return _PRIORITY[kind]
+
+
+def from_code(value: int) -> str | None:
+    return {v: k for k, v in _PRIORITY.items()}[int(value)]
+
+
+def _handler(signum, frame) -> None:
+    request(STOP if signum == signal.SIGTERM else SAVE)
+
+
+def install_handlers(sigterm: bool = True) -> dict:
+    """Route SIGUSR1 (and SIGTERM when asked) to `request`; only possible in the main thread.
+
+    Returns:
+        the previous handlers, for `restore_handlers`; empty when not in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    signals = [signal.SIGUSR1] + ([signal.SIGTERM] if sigterm else [])
+    return {s: signal.signal(s, _handler) for s in signals}
+
+
+def restore_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def install_worker_handlers() -> None:
+    """Setup hook for Ray worker processes: SIGUSR1 requests a checkpoint.
+
+    SIGTERM stays Ray's (it is how Ray shuts a worker down); a SIGTERM preemption notice reaches
+    the run through the driver, which forwards it to the workers.
+    """
+    install_handlers(sigterm=False)

@@ -1,0 +1,178 @@
+"""The training loop's context on a Ray Train worker (the one context class that imports Ray).
+
+Checkpoints: every rank writes its part into a local staging folder and hands it to
+`ray.train.report`, which uploads all ranks' files into one folder of the run's storage; once every
+rank has uploaded, rank 0 writes the COMPLETE marker into that folder, then prunes. Resume never asks
+Ray which checkpoint is the latest (Ray can drop one reported just before a crash): it lists the
+storage and takes the newest folder that carries the marker.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+
+from distdiff.train import preemption
+from distdiff.train.checkpoint import COMPLETE_MARKER, step_dir_name
+from distdiff.train.storage import Storage
+
+PREEMPT_KV_PREFIX = "distdiff-preempt:"  # + run id; set by the driver on SIGTERM / SIGUSR1
+KV_POLL_INTERVAL_S = 1.0
+
+
+def driver_request_key(run_id: str) -> str:
+    return PREEMPT_KV_PREFIX + run_id
+
+
+def _read_driver_request(run_id: str) -> str | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    value = _internal_kv_get(driver_request_key(run_id))
+    return value.decode() if value else None  # "<kind>:<count>": a repeated signal is a new value
+
+
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """Resident memory of this process and, on CUDA, the peak allocated memory (MiB)."""
+    import resource
+
+    metrics = {"mem/rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        metrics["mem/cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return metrics
+
+
+class RayContext:
+    """`TrainContext` for a Ray Train worker.
+
+    Args:
+        checkpoints: the storage folder holding this stage's `step-XXXXXXXX` checkpoints (the Ray
+            run's experiment folder).
+        device: this rank's device.
+        keep: complete checkpoints to keep.
+        run_id: key under which the driver forwards preemption notices.
+        sync_dirs: local folders (rank 0) mirrored into storage at every checkpoint, e.g. the
+            metrics log: {local folder: storage folder}.
+    """
+
+    def __init__(self, checkpoints: Storage, device: torch.device, keep: int, run_id: str,
+                 sync_dirs: dict[Path, Storage] | None = None):
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = device
+        self.checkpoints = checkpoints
+        self.keep = keep
+        self.run_id = run_id
+        self.sync_dirs = sync_dirs or {}
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"distdiff-rank{self.rank}-"))
+        self._resume: Path | None = None
+        self._resume_resolved = False
+        self._driver_request: str | None = None
+        self._next_kv_poll = 0.0
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    def resolve_resume(self) -> Path | None:
+        """Download the newest complete checkpoint of the storage (once); None when there is none.
+
+        Every rank lists the storage after a barrier, so all agree on the same folder.
+        """
+        if self._resume_resolved:
+            return self._resume
+        self.barrier()
+        name = self.checkpoints.latest_complete()
+        if name is not None:
+            local = self.scratch / "resume" / name
+            self._resume = self.checkpoints.download(name, local)
+            if self.rank == 0:
+                print(f"resuming from {self.checkpoints.uri}/{name} (newest complete checkpoint)", flush=True)
+        self._resume_resolved = True
+        return self._resume
+
+    def latest_checkpoint(self) -> Path | None:
+        return self.resolve_resume()
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    def begin_checkpoint(self, step: int) -> Path:
+        name = step_dir_name(step)
+        if self.rank == 0:
+            # A folder of this name can only be a partial one from an attempt that crashed (a complete
+            # one at this step would have been resumed from): clear it so no stale file mixes in.
+            self.checkpoints.delete(name)
+        self.barrier()
+        staging = self.scratch / "staging" / name
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+
+    def commit_checkpoint(self, staging: Path, step: int, metrics: dict) -> None:
+        name = step_dir_name(step)
+        checkpoint = ray.train.Checkpoint.from_directory(str(staging))
+        ray.train.report(self._with_memory(metrics), checkpoint=checkpoint, checkpoint_dir_name=name)
+        self.barrier()  # every rank's files are in storage
+        if self.rank == 0:
+            self.checkpoints.write_text(f"step {step}\nworld_size {self.world_size}\n", name, COMPLETE_MARKER)
+            self._prune()
+            self.sync_outputs()
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _prune(self) -> None:
+        steps = self.checkpoints.step_dirs()
+        complete = [name for _, name, done in steps if done]
+        for name in complete[: -self.keep]:
+            self.checkpoints.delete(name)
+        for _, name, done in steps:
+            if not done:  # partial folders of crashed attempts
+                self.checkpoints.delete(name)
+
+    def sync_outputs(self) -> None:
+        """Mirror rank 0's local output folders (metrics, TensorBoard, samples) into storage."""
+        for local, remote in self.sync_dirs.items():
+            if Path(local).is_dir():
+                remote.upload(Path(local), "")
+
+    # -- reporting and collectives ---------------------------------------------------------------
+
+    def _with_memory(self, metrics: dict) -> dict:
+        return {**metrics, **memory_metrics(self.device)}
+
+    def report(self, metrics: dict) -> None:
+        ray.train.report(self._with_memory(metrics))
+
+    def all_gather_object(self, obj: Any) -> list:
+        if self.world_size == 1:
+            return [obj]
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def poll_preemption(self) -> str | None:
+        """This rank's signal, or the driver's forwarded one, combined over all ranks."""
+        local = preemption.poll()
+        if self.rank == 0 and time.monotonic() >= self._next_kv_poll:
+            self._next_kv_poll = time.monotonic() + KV_POLL_INTERVAL_S
+            request = _read_driver_request(self.run_id)
+            if request != self._driver_request:  # each new driver request counts once
+                self._driver_request = request
+                local = preemption.strongest([local, request.split(":")[0]])
+        if self.world_size == 1:
+            return local
+        flag = torch.tensor([preemption.code(local)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return preemption.from_code(flag.item())
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
