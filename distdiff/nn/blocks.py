@@ -86,8 +86,8 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Spatial multi-head self-attention with a residual connection.
 
-    GroupNorm, one 1x1 conv for q/k/v, ``scaled_dot_product_attention`` over the H*W positions,
-    zero-initialised 1x1 output projection.
+    GroupNorm, one linear layer for q/k/v over the H*W tokens, ``scaled_dot_product_attention``,
+    zero-initialised linear output projection.
 
     Args:
         ch: channels (must be divisible by num_heads).
@@ -101,19 +101,20 @@ class AttentionBlock(nn.Module):
             raise ValueError(f"AttentionBlock: channels {ch} not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.norm = group_norm(ch, groups)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj = zero_module(nn.Conv2d(ch, ch, 1))
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = zero_module(nn.Linear(ch, ch))
 
     def forward(self, x: torch.Tensor, *unused) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
         b, c, h, w = x.shape
-        head_dim = c // self.num_heads
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, head_dim, h * w)  # (B, 3, nh, hd, L)
-        # (B, nh, L, hd) views; SDPA wants the sequence on dim -2.
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, nh, L, hd)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)  # (B, C, H, W)
-        return x + self.proj(out)
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, L, C)
+        # q, k, v: (B, heads, L, head_dim) views whose last dim is contiguous, as fused SDPA kernels need.
+        qkv = self.qkv(tokens).view(b, h * w, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, head_dim)
+        out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))  # (B, L, C)
+        # (B, L, C) -> (B, C, H, W) as a strided view; the residual add writes a contiguous result.
+        return x + out.transpose(1, 2).view(b, c, h, w)
 
 
 class Downsample(nn.Module):
