@@ -41,10 +41,17 @@ def _eval_images(cfg: RunConfig, count: int) -> torch.Tensor:
     return next(iter(stream))["image"]
 
 
+def build_vae(cfg: RunConfig) -> nn.Module:
+    """The stage-1 VAE for the data's channel count, decoding with the configured likelihood."""
+    channels = describe_source(cfg.data).image_shape[0]
+    return build_model("vae", cfg.vae.preset, in_channels=channels, likelihood=cfg.vae.likelihood)
+
+
 def build_vae_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> StagePlan:
     """Stage 1: the VAE, its ELBO task, the image stream and a reconstruction grid."""
+    torch.manual_seed(cfg.seed)  # initial weights depend on the seed only, not on what ran before
     info = describe_source(cfg.data)
-    vae = build_model("vae", cfg.vae.preset, in_channels=info.image_shape[0]).to(ctx.device)
+    vae = build_vae(cfg).to(ctx.device)
     engines = EngineSet({"vae": make_engine("vae", vae, cfg.vae.optim, "adamw")})
     task = VAETask(cfg.vae.kl_weight, cfg.vae.likelihood)
     originals = _eval_images(cfg, min(cfg.stage1.num_samples, 32)).to(ctx.device)
@@ -83,7 +90,7 @@ def latent_scale_factor(vae: nn.Module, cfg: RunConfig, device: torch.device) ->
 def export_vae(cfg: RunConfig, plan: StagePlan, device: torch.device) -> Path:
     """Set the latent scale factor on a fresh copy of the trained VAE and export it (rank 0)."""
     engine = plan.engines["vae"]
-    vae = build_model("vae", cfg.vae.preset, in_channels=describe_source(cfg.data).image_shape[0]).to(device)
+    vae = build_vae(cfg).to(device)
     vae.load_state_dict(engine.full_state_dict())
     scale = latent_scale_factor(vae, cfg, device)
     vae.scale_factor.fill_(scale)
@@ -142,6 +149,7 @@ class Stage2Networks:
 
 def build_ldm_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> tuple[StagePlan, LatentSampler]:
     """Stage 2: U-Net and DDGAN on one latent stream; returns the plan and an EMA sampler."""
+    torch.manual_seed(cfg.seed + 1)  # initial weights depend on the seed only, not on what ran before
     vae = load_stage2_vae(cfg, ctx.device)
     shape = _diffusion_shape(cfg, vae)
     info = describe_source(cfg.data)

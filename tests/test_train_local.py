@@ -1,0 +1,127 @@
+"""The local trainer end to end: outputs, exact resume, NaN stops, corrupt checkpoints, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distdiff.cli import main
+from distdiff.config import RunConfig, load_config
+from distdiff.launchers.local import run_pipeline_local, train_ldm_local, train_vae_local
+from distdiff.train.checkpoint import CheckpointError
+from distdiff.train.metrics import read_metrics
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "pipeline-smoke.yaml"
+
+
+def smoke_config(tmp_path: Path, *overrides: str) -> RunConfig:
+    return load_config(RunConfig, SMOKE, [f"output_dir={tmp_path}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One whole smoke pipeline, shared by the tests that inspect its outputs."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cfg = smoke_config(tmp)
+    summary = run_pipeline_local(cfg)
+    return cfg, tmp / cfg.name, summary
+
+
+def test_pipeline_writes_everything_a_user_expects(finished_run):
+    cfg, run, summary = finished_run
+    assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
+    assert json.loads((run / "summary.json").read_text()) == summary
+    for stage in ("vae", "ldm"):
+        records = read_metrics(run / stage / "metrics.jsonl")
+        assert records[-1]["step"] == 6
+        assert list((run / stage / "checkpoints").glob("step-00000006/COMPLETE"))
+    assert (run / "vae" / "export" / "vae.safetensors").is_file()
+    export = json.loads((run / "ldm" / "export" / "export.json").read_text())
+    assert set(export["models"]) >= {"unet", "unet_ema", "ddgan_generator", "ddgan_generator_ema"}
+    samples = {p.name for p in (run / "ldm" / "samples").glob("*.png")}
+    assert {"ldm_ddpm50-final.png", "ldm_ddim5-final.png", "ddgan_4step-final.png"} <= samples
+    assert (run / "vae" / "samples" / "vae_reconstructions-latest.png").is_file()
+    sampling = summary["sampling"]
+    assert sampling["ddgan_4step"]["nfe"] == 4 and sampling["ldm_ddpm50"]["nfe"] == 50
+    assert all(v["seconds_per_image"] > 0 for v in sampling.values())
+    assert summary["stages"]["ldm"]["steps"] == 6 and summary["stages"]["ldm"]["images_per_sec"] > 0
+
+
+def test_vae_export_carries_the_latent_scale_factor(finished_run):
+    _, run, _ = finished_run
+    meta = json.loads((run / "vae" / "export" / "vae.json").read_text())
+    weights = load_file(str(run / "vae" / "export" / "vae.safetensors"))
+    assert float(weights["scale_factor"]) == pytest.approx(meta["metadata"]["latent_scale_factor"])
+    assert float(weights["scale_factor"]) != 1.0
+
+
+def _final_weights(run: Path, stage: str, step: int) -> dict:
+    ckpt = run / stage / "checkpoints" / f"step-{step:08d}"
+    return {p.parent.name: load_file(str(p)) for p in ckpt.glob("engines/*/model.safetensors")}
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, finished_run):
+    """Stop after 3 steps, rerun with the same output dir: same losses and bit-identical weights."""
+    cfg_full, run_full, _ = finished_run
+    cfg = smoke_config(tmp_path)
+    shutil.copytree(run_full / "vae" / "export", tmp_path / cfg.name / "vae" / "export")
+    train_ldm_local(load_config(RunConfig, SMOKE, [f"output_dir={tmp_path}", "stage2.steps=3"]))
+    train_ldm_local(cfg)
+    run = tmp_path / cfg.name
+    full, resumed = read_metrics(run_full / "ldm" / "metrics.jsonl"), read_metrics(run / "ldm" / "metrics.jsonl")
+    loss_keys = [k for k in full[-1] if k.endswith("loss")]
+    assert loss_keys
+    for a, b in zip([r for r in full if r["step"] > 3], [r for r in resumed if r["step"] > 3]):
+        assert a["step"] == b["step"] and all(a[k] == b[k] for k in loss_keys)
+    want, got = _final_weights(run_full, "ldm", 6), _final_weights(run, "ldm", 6)
+    assert want.keys() == got.keys() == {"unet", "ddgan_g", "ddgan_d"}
+    for name in want:
+        assert all(torch.equal(want[name][k], got[name][k]) for k in want[name]), name
+
+
+def test_nan_loss_stops_with_step_and_model_named_and_keeps_last_checkpoint(tmp_path):
+    cfg = smoke_config(tmp_path, "stage1.steps=3")
+    train_vae_local(cfg)
+    ckpts = tmp_path / cfg.name / "vae" / "checkpoints"
+    before = sorted(p.name for p in ckpts.iterdir())
+    # A NaN KL weight (YAML's .nan) makes the resumed run's first loss NaN.
+    bad = smoke_config(tmp_path, "stage1.steps=6", "vae.kl_weight=.nan")
+    with pytest.raises(Exception) as err:
+        train_vae_local(bad)
+    text = str(err.value)
+    assert "vae loss is nan" in text and "step 3" in text and "step-00000003" in text
+    assert sorted(p.name for p in ckpts.iterdir()) == before
+
+
+def test_corrupt_checkpoint_is_reported_not_loaded(tmp_path):
+    cfg = smoke_config(tmp_path, "stage1.steps=3")
+    train_vae_local(cfg)
+    weights = tmp_path / cfg.name / "vae" / "checkpoints" / "step-00000003" / "engines" / "vae" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="step-00000003 is corrupt"):
+        train_vae_local(smoke_config(tmp_path, "stage1.steps=6"))
+
+
+def test_cli_dry_run_and_clear_errors(tmp_path, capsys):
+    assert main(["pipeline", "--config", str(SMOKE), "--dry-run", f"output_dir={tmp_path}"]) == 0
+    assert "config is valid" in capsys.readouterr().out
+    assert not (tmp_path / "pipeline-smoke").exists()
+    assert main(["train-ldm", "--config", str(SMOKE), "--dry-run", "ldm.preset=huge"]) == 2
+    err = capsys.readouterr().err
+    assert "ldm.preset" in err and "huge" in err and "tiny" in err  # the valid names are listed
+    # The 4x4 latents of an f=8 VAE on 32x32 digits cannot pass through a U-Net that downsamples by 8.
+    args = ["train-ldm", "--config", str(SMOKE), "--dry-run", "vae.preset=kl-f8", "ldm.preset=ldm-latent32"]
+    assert main(args) == 2
+    assert "does not divide the 4x4 latents" in capsys.readouterr().err
+    assert main(["train-vae", "--dry-run", "data.sorce=x"]) == 2
+    assert "unknown key 'data.sorce'" in capsys.readouterr().err
+
+
+def test_stage2_without_a_vae_says_how_to_get_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run stage 1 first"):
+        train_ldm_local(smoke_config(tmp_path))
