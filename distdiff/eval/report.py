@@ -1,0 +1,114 @@
+"""Writing the evaluation: `eval.json`, `eval.md` (tables in the DDGAN paper's form), PNG grids.
+
+The output folder may be local or an s3:// prefix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from distdiff.eval.grid import make_grid
+
+
+def metric_key(metric_name: str) -> str:
+    """The JSON key of a Fréchet-distance metric: "FID" -> "fid", "FD-MNIST" -> "fd_mnist"."""
+    return metric_name.lower().replace("-", "_")
+
+
+def _fmt(value, digits: int) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        # Tiny distances (FD-MNIST of an untrained network) would all print as 0.00.
+        return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def results_markdown(results: dict) -> str:
+    """Markdown tables: (model, FD, recall, NFE, seconds per image), plus modes/KL for Stacked MNIST.
+
+    Args:
+        results: the dict `evaluate_worker` returns on rank 0.
+
+    Returns:
+        markdown text.
+    """
+    name, key = results["metric"], metric_key(results["metric"])
+    lines = [
+        f"Evaluation of `{results.get('checkpoint') or 'samples'}`: {results['num_samples']} samples per model, "
+        f"features `{results['extractor']}`, reference `{results['reference']['name']}` "
+        f"({results['reference']['num_images']} images).",
+        "",
+        f"| Model | {name}↓ | Recall↑ | NFE↓ | Time (s/img)↓ |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["models"]:
+        lines.append(f"| {row['label']} | {_fmt(row[key], 2)} | {_fmt(row.get('recall'), 2)} | {row['nfe']} | "
+                     f"{_fmt(row['sec_per_image'], 4)} |")
+    lines.append("")
+    lines.append(f"Precision/recall: k = {results.get('pr_k')} nearest neighbours on "
+                 f"{results.get('pr_samples')} samples per set. Seconds per image: generation only "
+                 f"(denoiser steps and decoding), summed over {results['world_size']} worker(s), batch "
+                 f"{results['batch_size']}, device {results['device']}.")
+    if any(row.get("modes") is not None for row in results["models"]):
+        lines += ["", "| Model | Modes (of 1000)↑ | KL↓ |", "|---|---|---|"]
+        for row in results["models"]:
+            lines.append(f"| {row['label']} | {_fmt(row.get('modes'), 0)} | {_fmt(row.get('reverse_kl'), 4)} |")
+        ref = results["reference"]
+        if ref.get("modes") is not None:
+            lines.append(f"| Reference data | {ref['modes']} | {_fmt(ref['reverse_kl'], 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name if root.startswith("s3://") else str(Path(root) / name)
+
+
+def _write(url: str, data: bytes) -> None:
+    if url.startswith("s3://"):
+        from distdiff.data import storage
+
+        storage.write_bytes(url, data)
+        return
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _png_bytes(images: torch.Tensor) -> bytes:
+    from PIL import Image
+
+    grid = make_grid(images)
+    out = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(out, format="PNG")
+    return out.getvalue()
+
+
+def write_outputs(results: dict, grids: dict[str, torch.Tensor], out: str) -> list[str]:
+    """Write eval.json, eval.md and `samples_<key>.png` grids under `out`.
+
+    Args:
+        results: rank 0's results.
+        grids: uint8 (n, C, H, W) sample images per source key.
+        out: local folder or s3:// prefix.
+
+    Returns:
+        the URLs written.
+    """
+    written = []
+    for key, images in grids.items():
+        if len(images):
+            url = _join(out, f"samples_{key}.png")
+            _write(url, _png_bytes(images))
+            written.append(url)
+    for name, data in (("eval.md", results_markdown(results).encode()),
+                       ("eval.json", json.dumps(results, indent=1, sort_keys=True).encode())):
+        url = _join(out, name)
+        _write(url, data)
+        written.append(url)
+    return written
