@@ -22,7 +22,7 @@ from distdiff.eval.cache import ReferenceStats, StatsCache, cache_key
 from distdiff.eval.frechet import frechet_distance_from_stats, frechet_distance_torchmetrics
 from distdiff.eval.modes import mode_coverage
 from distdiff.eval.precision_recall import precision_recall
-from distdiff.eval.reference import ReferenceError, ShardReference, open_reference
+from distdiff.eval.reference import ReferenceDataError, ShardReference, open_reference
 from distdiff.eval.report import metric_key, write_outputs
 from distdiff.eval.stats import ReduceSum
 
@@ -112,7 +112,7 @@ def reference_statistics(rank: int, world_size: int, reduce_sum: ReduceSum, refe
     batches = ((idx, images, 0.0) for idx, images in reference.rank_batches(rank, world_size, batch_size))
     acc = accumulate(batches, extractor, reference.image_shape, pr_count, 0, classifier).all_reduced(reduce_sum)
     if acc.stats.count < 2:
-        raise ReferenceError(f"reference {reference.name} yielded {acc.stats.count} image(s); FID needs at least 2")
+        raise ReferenceDataError(f"reference {reference.name} yielded {acc.stats.count} image(s); FID needs at least 2")
     ref = ReferenceStats(acc.stats, acc.pr_features if pr_count else None, acc.modes, acc.stats.count)
     if rank == 0 and cache is not None:
         cache.put(key, ref)
@@ -161,7 +161,7 @@ def _prepare(settings: EvalSettings, sources, extractor, reference, classifier):
                              "or embedded name)")
         reference = open_reference(settings.reference)
     if tuple(reference.image_shape) != image_shape:
-        raise ReferenceError(f"reference {reference.name} holds images of shape {tuple(reference.image_shape)}, "
+        raise ReferenceDataError(f"reference {reference.name} holds images of shape {tuple(reference.image_shape)}, "
                              f"but the models generate {image_shape}: a mismatched reference")
     mode_classifier = classifier if image_shape == (3, 32, 32) else None
     return checkpoint, sources, extractor, reference, mode_classifier
@@ -221,3 +221,37 @@ def _results(settings, checkpoint, extractor, reference, ref, cached, rows, worl
         "world_size": world_size, "device": settings.device, "pr_k": settings.pr_k, "pr_samples": pr_count,
         "models": rows, "settings": asdict(settings),
     }
+
+
+def preflight(settings: EvalSettings) -> None:
+    """Check the inputs before any worker starts: checkpoint, reference, feature weights.
+
+    Raises:
+        CheckpointError, ReferenceDataError, InceptionWeightsNotFound, FileNotFoundError, ValueError:
+            one clear message naming what is wrong and where.
+    """
+    from distdiff.eval.checkpoint import EvalCheckpoint
+
+    if not settings.checkpoint:
+        raise ValueError("no checkpoint given: pass --checkpoint (a stage-2 export folder or s3:// prefix)")
+    checkpoint = EvalCheckpoint(settings.checkpoint, list(settings.models))
+    if not settings.reference:
+        raise ValueError("no reference given: pass --reference (the training dataset's folder, s3:// prefix "
+                         "or embedded name)")
+    reference = open_reference(settings.reference)
+    if tuple(reference.image_shape) != checkpoint.image_shape:
+        raise ReferenceDataError(f"reference {reference.name} holds images of shape {tuple(reference.image_shape)}, "
+                             f"but {checkpoint.root} generates {checkpoint.image_shape}: a mismatched reference")
+    if settings.features == "inception":
+        from distdiff.eval.inception_weights import resolve_inception_weights
+
+        resolve_inception_weights(settings.inception_weights, settings.allow_download)
+    elif settings.features not in FEATURES:
+        raise ValueError(f"unknown features {settings.features!r}; valid: {', '.join(FEATURES)}")
+    if settings.classifier or settings.features == "fd-mnist":
+        from distdiff.eval.classifier import load_classifier
+
+        if not settings.classifier:
+            raise ValueError("FD-MNIST features need the MNIST classifier: pass --classifier "
+                             "(train one with `python launch/train_classifier.py --out PATH`)")
+        load_classifier(settings.classifier)

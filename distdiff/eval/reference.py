@@ -23,7 +23,7 @@ EMBEDDED_STACKED = "embedded-stacked-mnist"
 DEFAULT_STACKED_NUM, DEFAULT_STACKED_SEED = 20000, 0
 
 
-class ReferenceError(ValueError):
+class ReferenceDataError(ValueError):
     """The reference data is missing, empty, damaged or does not match the samples."""
 
 
@@ -54,7 +54,7 @@ class ArrayReference:
     def __init__(self, images: np.ndarray, name: str = "arrays"):
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise ReferenceError(f"reference {name}: expected uint8 (N, C, H, W) images, got {images.dtype} {images.shape}")
+            raise ReferenceDataError(f"reference {name}: expected uint8 (N, C, H, W) images, got {images.dtype} {images.shape}")
         self.images, self.name = images, name
         digest = hashlib.sha256(str(images.shape).encode())
         digest.update(np.ascontiguousarray(images).tobytes())
@@ -88,9 +88,9 @@ class ShardReference:
         try:
             self.manifest = read_manifest(root)
         except Exception as err:  # noqa: BLE001 - every failure here means "no usable reference"
-            raise ReferenceError(f"reference dataset {root}: {err}") from err
+            raise ReferenceDataError(f"reference dataset {root}: {err}") from err
         if self.manifest.kind != "image":
-            raise ReferenceError(
+            raise ReferenceDataError(
                 f"reference dataset {root} holds {self.manifest.kind}s; FID needs an image dataset "
                 "(use the image shards the latents were made from)")
         self.key = self.manifest.dataset_hash
@@ -110,16 +110,16 @@ class ShardReference:
         try:
             content, _ = storage.fetch(url)
         except Exception as err:  # noqa: BLE001
-            raise ReferenceError(f"reference shard {url} unreadable: {err}") from err
+            raise ReferenceDataError(f"reference shard {url} unreadable: {err}") from err
         if hashlib.sha256(content).hexdigest() != info.sha256:
-            raise ReferenceError(f"reference shard {url} fails its sha256 checksum: the dataset changed or is damaged")
+            raise ReferenceDataError(f"reference shard {url} fails its sha256 checksum: the dataset changed or is damaged")
         samples, error = parse_tar(content, url)
         if len(samples) < info.num_samples:
-            raise ReferenceError(f"reference shard {url} has {len(samples)} of {info.num_samples} samples ({error})")
+            raise ReferenceDataError(f"reference shard {url} has {len(samples)} of {info.num_samples} samples ({error})")
         try:
             return np.stack([decode_image(s, self.manifest.meta) for s in samples[: info.num_samples]])
         except Exception as err:  # noqa: BLE001
-            raise ReferenceError(f"reference shard {url}: undecodable sample ({err})") from err
+            raise ReferenceDataError(f"reference shard {url}: undecodable sample ({err})") from err
 
     def rank_batches(self, rank: int, world_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (global indices int64 (B,), uint8 images (B, C, H, W)) of this rank's shards."""
@@ -143,7 +143,7 @@ def _embedded(spec: str) -> ArrayReference:
         num = int(parts[1]) if len(parts) > 1 else DEFAULT_STACKED_NUM
         seed = int(parts[2]) if len(parts) > 2 else DEFAULT_STACKED_SEED
     except ValueError as err:
-        raise ReferenceError(f"bad embedded reference {spec!r}; form: {EMBEDDED_STACKED}[:NUM[:SEED]]") from err
+        raise ReferenceDataError(f"bad embedded reference {spec!r}; form: {EMBEDDED_STACKED}[:NUM[:SEED]]") from err
     stacked, _ = make_stacked_mnist(images, labels, num, seed)
     return ArrayReference(stacked, f"{EMBEDDED_STACKED}:{num}:{seed}")
 
@@ -160,5 +160,5 @@ def open_reference(spec: str):
     if spec == EMBEDDED_MNIST or spec.split(":")[0] == EMBEDDED_STACKED:
         return _embedded(spec)
     if spec.startswith("embedded-"):
-        raise ReferenceError(f"unknown embedded reference {spec!r}; known: {EMBEDDED_MNIST}, {EMBEDDED_STACKED}[:NUM[:SEED]]")
+        raise ReferenceDataError(f"unknown embedded reference {spec!r}; known: {EMBEDDED_MNIST}, {EMBEDDED_STACKED}[:NUM[:SEED]]")
     return ShardReference(spec)
