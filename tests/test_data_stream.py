@@ -223,3 +223,36 @@ def test_too_many_bad_samples_stop_the_run(tmp_path):
         warnings.simplefilter("ignore", DataWarning)
         with pytest.raises(DataError, match="max_bad_fraction"):
             list(build_stream(str(tmp_path), B, 0, 1, SEED, num_workers=2, epochs=1))
+
+
+def test_load_rank_states_is_merge_then_load(dataset):
+    root = dataset[0]
+    streams = [build_stream(root, B, r, 2, SEED) for r in range(2)]
+    for s in streams:
+        _consume(s, 2)
+    states = [s.state_dict() for s in streams]
+    a, b = build_stream(root, B, 0, 1, SEED), build_stream(root, B, 0, 1, SEED)
+    a.load_rank_states(states)
+    b.load_state_dict(merge_rank_states(states))
+    assert a.state_dict() == b.state_dict() and a.samples_seen == 4 * B
+
+
+def test_flips_are_part_of_the_exact_resume(dataset):
+    root, images, _ = dataset
+    reference = list(build_stream(root, B, 0, 1, SEED, epochs=1, hflip=True))
+    stream = build_stream(root, B, 0, 1, SEED, epochs=1, hflip=True)
+    it = iter(stream)
+    head = [next(it) for _ in range(5)]
+    restored = build_stream(root, B, 0, 1, SEED, epochs=1, hflip=True)
+    restored.load_state_dict(stream.state_dict())
+    resumed = head + list(restored)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(resumed, reference))
+    flipped = 0
+    for batch in reference:
+        pixels = np.rint((batch["image"].numpy() + 1) * 127.5).astype(np.uint8)
+        source = images[batch["index"].numpy()]
+        same = (pixels == source).all(axis=(1, 2, 3))
+        mirrored = (pixels == source[..., ::-1]).all(axis=(1, 2, 3))
+        assert (same | mirrored).all()
+        flipped += int(mirrored.sum())
+    assert 0.3 < flipped / (len(reference) * B) < 0.7

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from distdiff.data import storage
 from distdiff.data.errors import DataError, DataWarning
 from distdiff.data.manifest import Manifest, ShardInfo, manifest_url, read_manifest, write_manifest
-from distdiff.data.pipeline import decode_image, parse_tar
+from distdiff.data.pipeline import decode_image
+from distdiff.data.tario import parse_tar
 from distdiff.data.writer import build_tar, latent_sample
 
 

@@ -6,7 +6,8 @@
     parse    -> checksum, tar members grouped by key, one item per position in visiting order
     decode   -> PNG or .npy + .cls into arrays; bad samples marked, not raised
     augment  -> optional horizontal flip drawn from (seed, epoch, position)
-    batch    -> `batch_size` items stacked into tensors, bad slots filled, counters attached
+    batch    -> `batch_size` items stacked into two tensors, bad slots filled, counters attached
+                (the stream turns them into the batch dict with `unpack_batch`)
 
 Every stage is a generator over the previous one, assembled with webdataset's `DataPipeline`.
 """
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from distdiff.data import order, storage
 from distdiff.data.errors import DataError, ObjectNotFound
 from distdiff.data.manifest import Manifest
+from distdiff.data.tario import load_npy, parse_tar
 
 FLIP_STREAM = 0xF11B
 MAX_MESSAGES = 16  # warnings carried per batch; the counters stay exact
@@ -118,19 +119,6 @@ def stage_fetch(jobs, cfg: ReadConfig):
             yield head, future.result()
 
 
-def parse_tar(data: bytes, url: str) -> tuple[list[dict], str | None]:
-    """Members of a tar grouped by key, in tar order, up to the first error (returned as text)."""
-    errors: list[Exception] = []
-
-    def stop(exn: Exception) -> bool:
-        errors.append(exn)
-        return False
-
-    files = tar_file_expander([{"url": url, "stream": io.BytesIO(data)}], handler=stop, eof_value=None)
-    samples = list(group_by_keys(files, handler=stop))
-    return samples, (f"{type(errors[0]).__name__}: {errors[0].args[0] if errors[0].args else ''}" if errors else None)
-
-
 def _shard_samples(cfg: ReadConfig, shard: int, content) -> tuple[list[dict], str | None]:
     """The shard's samples in tar order, and what is wrong with the shard (None when whole)."""
     info = cfg.manifest.shards[shard]
@@ -179,7 +167,7 @@ def decode_image(members: dict, meta: dict) -> np.ndarray:
 def decode_latent(members: dict, meta: dict) -> np.ndarray:
     if "npy" not in members:
         raise MissingMember("no .npy member")
-    latent = np.load(io.BytesIO(members["npy"]), allow_pickle=False)  # (2, c, h, w)
+    latent = load_npy(members["npy"])  # (2, c, h, w)
     expected = (2, meta["channels"], meta["height"], meta["width"])
     if latent.shape != expected:
         raise DataError(f"latent shape {latent.shape} differs from the manifest's {expected}")
@@ -214,17 +202,26 @@ def stage_augment(items, cfg: ReadConfig):
         yield item
 
 
-def _fill(items: list, last_good: list) -> tuple[list, int]:
-    """Replace bad items by good ones of this batch (or the previous batch) so shapes stay fixed."""
-    good = [it for it in items if it.problem is None] or last_good
-    if not good:
-        raise DataError("a whole batch is undecodable and no earlier sample exists to fill it")
+def _blank(cfg: ReadConfig) -> Item:
+    """A zero sample (label 0), the filler of last resort when no good sample has been read yet."""
+    meta, item = cfg.manifest.meta, Item(-1, -1, 0, -1)
+    if cfg.manifest.kind == "image":
+        item.array = np.zeros((meta["channels"], meta["height"], meta["width"]), np.uint8)
+    else:
+        item.array = np.zeros((2, meta["channels"], meta["height"], meta["width"]), np.float32)
+    item.label = 0
+    return item
+
+
+def _fill(items: list, last_good: list, cfg: ReadConfig) -> tuple[list, int]:
+    """Replace bad items by good ones of this batch (else of the previous batch) so shapes stay fixed."""
+    good = [it for it in items if it.problem is None] or last_good or [_blank(cfg)]
     filled = [it if it.problem is None else good[i % len(good)] for i, it in enumerate(items)]
     return filled, sum(it.problem is not None for it in items)
 
 
 def stage_batch(items, cfg: ReadConfig, stats: Counter, messages: list):
-    """Stack `batch_size` items into tensors; yields (batch, info)."""
+    """Stack `batch_size` items; yields (data, [label, index] int64 (B, 2), info)."""
     last_good: list = []
     shard_names = [s.name for s in cfg.manifest.shards]
     offsets = cfg.manifest.shard_offsets()
@@ -236,24 +233,27 @@ def stage_batch(items, cfg: ReadConfig, stats: Counter, messages: list):
         for it in chunk:
             if it.problem and it.problem[0] != "corrupt_shard":  # shard problems were reported once
                 messages.append(f"skipping sample {it.key} of shard {shard_names[it.shard]}: {it.problem[1]}")
-        filled, bad = _fill(chunk, last_good)
+        filled, bad = _fill(chunk, last_good, cfg)
         last_good = [it for it in filled if it.problem is None]
         index = [offsets[it.shard] + it.index if it.problem is None else -1 for it in chunk]
-        batch = _to_tensors(filled, cfg.manifest.kind)
-        batch["index"] = torch.tensor(index, dtype=torch.int64)  # (B,) dataset index; -1 = filled slot
+        # Two tensors per batch: each tensor crossing from a loader process costs a shared-memory
+        # segment, which dominates for small latent batches.
+        data = torch.from_numpy(np.stack([it.array for it in filled]))  # (B, C, H, W) uint8 | (B, 2, c, h, w)
+        ints = torch.tensor([[it.label, i] for it, i in zip(filled, index)], dtype=torch.int64)  # (B, 2)
         info = {"bad": bad, "reasons": dict(reasons), "retries": stats.pop("retries", 0),
                 "messages": messages[:MAX_MESSAGES]}
         messages.clear()
-        yield batch, info
+        yield data, ints, info
 
 
-def _to_tensors(items: list, kind: str) -> dict:
-    arrays = np.stack([it.array for it in items])  # (B, C, H, W) uint8 or (B, 2, c, h, w) float32
-    labels = torch.tensor([it.label for it in items], dtype=torch.int64)  # (B,)
+def unpack_batch(kind: str, data: torch.Tensor, ints: torch.Tensor) -> dict:
+    """The batch dict handed to the trainer, from the two tensors a worker sends."""
+    batch = {"label": ints[:, 0].contiguous(), "index": ints[:, 1].contiguous()}  # (B,) each; index -1 = filled
     if kind == "image":
-        return {"image": torch.from_numpy(arrays).to(torch.float32) / 127.5 - 1.0, "label": labels}
-    latents = torch.from_numpy(arrays)
-    return {"latent_mean": latents[:, 0].contiguous(), "latent_logvar": latents[:, 1].contiguous(), "label": labels}
+        batch["image"] = data.to(torch.float32) / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+    else:
+        batch["latent_mean"], batch["latent_logvar"] = data[:, 0].contiguous(), data[:, 1].contiguous()
+    return batch
 
 
 def worker_pipeline(cfg: ReadConfig, plans, num_workers: int, worker: int) -> wds.DataPipeline:

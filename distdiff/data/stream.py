@@ -8,7 +8,7 @@ How the trainer uses it:
     states = all_gather_object(stream.state_dict())  # list, one dict per rank, any order
     merged = merge_rank_states(states)               # plain JSON-able dict; store it in the checkpoint
     # restoring, in a new run with any number of ranks, before iterating:
-    stream.load_state_dict(merged)                   # a list of rank states is accepted as well
+    stream.load_state_dict(merged)                   # or stream.load_rank_states(states)
 
 `load_state_dict` also takes a rank's own unmerged state when the world size, rank and batch size
 are unchanged. The restored stream visits exactly the samples of the epoch that no rank had
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from distdiff.data import order
 from distdiff.data.errors import DataError, DataWarning
 from distdiff.data.manifest import Manifest
-from distdiff.data.pipeline import EpochPlan, ReadConfig, plan_epochs, worker_pipeline
+from distdiff.data.pipeline import EpochPlan, ReadConfig, plan_epochs, unpack_batch, worker_pipeline
 
 STATE_FORMAT = "distdiff-stream-state"
 STATE_VERSION = 1
@@ -142,8 +142,9 @@ class ShardStream:
         if (self.epochs is not None and first.epoch >= self.epochs) or (
                 not first.num_batches(self.batch_size) and not self._next_nonempty(plans)):
             return
-        for batch, info in self._source(start):
+        for data, ints, info in self._source(start):
             self._account(info)
+            batch = unpack_batch(self.manifest.kind, data, ints)
             self._batches += 1
             self._seen_local += self.batch_size
             more = True
@@ -200,6 +201,10 @@ class ShardStream:
             if state.get(key) != mine[key]:
                 raise DataError(f"stream state has {key}={state.get(key)!r} but this stream has {mine[key]!r} "
                                 f"({self.root}): the state belongs to another dataset or seed")
+
+    def load_rank_states(self, states: list[dict]) -> None:
+        """Restore from the states gathered from every rank at save time (any old world size)."""
+        self.load_state_dict(merge_rank_states(states))
 
     def load_state_dict(self, state: dict | list) -> None:
         """Continue from a merged state (any world size), a list of rank states, or this rank's own state."""

@@ -1,0 +1,126 @@
+"""Data-plane benchmark: streaming throughput from S3 versus local disk, and versus a training step.
+
+One run writes the same shards twice (local folder and a SeaweedFS bucket, byte-identical, checked
+by the dataset hash), encodes latent shards from them, then times full streams from each place.
+Rounds alternate local and S3 so that load from other processes on the machine hits both alike;
+the median of the rounds is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from distdiff.data.formats import embedded_mnist
+from distdiff.data.latents import PoolEncoder, VAEEncoder, encode_latent_shards
+from distdiff.data.manifest import read_manifest
+from distdiff.data.seaweed import SeaweedServer
+from distdiff.data.source import build_stream
+from distdiff.data.writer import write_image_shards
+
+
+@dataclass
+class BenchSettings:
+    """What to measure and how long."""
+
+    batch_size: int = 64
+    num_workers: int = 2
+    shard_size: int = 500
+    image_epochs: int = 3
+    latent_epochs: int = 20
+    rounds: int = 3
+    vae_weights: str | None = None  # encode latents with this VAE instead of the pooling stand-in
+    workdir: str | None = None
+
+
+def stream_rate(source: str, settings: BenchSettings, epochs: int) -> float:
+    """Samples per second of one rank reading `epochs` epochs (clock starts at the first batch)."""
+    stream = build_stream(source, settings.batch_size, 0, 1, seed=0, num_workers=settings.num_workers,
+                          epochs=epochs)
+    it = iter(stream)
+    next(it)  # loader start-up (process fork, first shard) is a one-off cost, not throughput
+    start, samples = time.perf_counter(), 0
+    for batch in it:
+        samples += len(batch["label"])
+    return samples / (time.perf_counter() - start)
+
+
+def compare_rates(local: str, remote: str, settings: BenchSettings, epochs: int) -> dict:
+    """Median samples/s from local disk and from S3 over alternating rounds, and their ratio."""
+    rates = {"local": [], "s3": []}
+    for round_index in range(settings.rounds):
+        order = [("local", local), ("s3", remote)] if round_index % 2 == 0 else [("s3", remote), ("local", local)]
+        for name, source in order:
+            rates[name].append(stream_rate(source, settings, epochs))
+    local_rate, s3_rate = statistics.median(rates["local"]), statistics.median(rates["s3"])
+    return {"local_samples_per_s": local_rate, "s3_samples_per_s": s3_rate, "s3_over_local": s3_rate / local_rate,
+            "rounds": rates}
+
+
+def step_rate(step: Callable[[dict], None], batch: dict, warmup: int = 2, steps: int = 3) -> float:
+    """Samples per second that a training step consumes, timed on one batch."""
+    for _ in range(warmup):
+        step(batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(batch)
+    return steps * len(batch["label"]) / (time.perf_counter() - start)
+
+
+def prepare_datasets(server: SeaweedServer, root: Path, settings: BenchSettings) -> dict[str, str]:
+    """Image and latent shards, each in a local folder and in a bucket, with identical bytes."""
+    bucket = server.create_bucket(f"bench-{os.getpid()}")
+    places = {"image_local": str(root / "images"), "image_s3": f"s3://{bucket}/images",
+              "latent_local": str(root / "latents"), "latent_s3": f"s3://{bucket}/latents"}
+    for key in ("image_local", "image_s3"):
+        write_image_shards(embedded_mnist(), places[key], settings.shard_size)
+    encoder = VAEEncoder(settings.vae_weights) if settings.vae_weights else PoolEncoder(factor=4, channels=4)
+    for kind in ("local", "s3"):
+        encode_latent_shards(places[f"image_{kind}"], places[f"latent_{kind}"], encoder)
+    for kind in ("image", "latent"):
+        if read_manifest(places[f"{kind}_local"]).dataset_hash != read_manifest(places[f"{kind}_s3"]).dataset_hash:
+            raise RuntimeError(f"{kind} shards differ between local disk and S3; the comparison would be unfair")
+    return places
+
+
+def run_data_benchmark(settings: BenchSettings, make_train_step: Callable[[dict], Callable[[dict], None]] | None
+                       ) -> dict:
+    """Start SeaweedFS, write the shards, and measure everything the issue asks for.
+
+    Args:
+        settings: sizes and repetitions.
+        make_train_step: given one latent batch, returns a callable running one training step on a
+            batch (None skips the training comparison).
+
+    Returns:
+        A dict of figures (samples/s and ratios).
+    """
+    with tempfile.TemporaryDirectory(dir=settings.workdir) as tmp:
+        server = SeaweedServer(Path(tmp) / "seaweed").start()
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        try:
+            places = prepare_datasets(server, Path(tmp), settings)
+            results = {
+                "images": compare_rates(places["image_local"], places["image_s3"], settings, settings.image_epochs),
+                "latents": compare_rates(places["latent_local"], places["latent_s3"], settings,
+                                         settings.latent_epochs),
+            }
+            if make_train_step is not None:
+                batch = next(iter(build_stream(places["latent_local"], settings.batch_size, 0, 1, seed=0)))
+                train = step_rate(make_train_step(batch), batch)
+                results["train_step_samples_per_s"] = train
+                results["latent_stream_over_train"] = results["latents"]["s3_samples_per_s"] / train
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            server.stop()
+    return results
