@@ -55,8 +55,8 @@ def encode_latents_with_ray(source: str, dest: str, encoder, batch_size: int = 6
         batch_size: images per encoder call.
         overwrite: replace a dataset already at dest.
         shards_per_task: shards encoded by one task (one encoder load per task).
-        address: Ray cluster address ("auto" for a running cluster; None starts a local one
-            unless Ray is already initialised).
+        address: Ray cluster address ("auto" for a running cluster; None starts a private local
+            instance), unless Ray is already initialised in this process.
         num_cpus, num_gpus: resources per task.
         num_cpus_local: CPUs of a locally started Ray instance.
 
@@ -65,7 +65,8 @@ def encode_latents_with_ray(source: str, dest: str, encoder, batch_size: int = 6
     """
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, num_cpus=num_cpus_local if address is None else None,
+        # address "local" starts a private instance even when another Ray cluster runs on this machine
+        ray.init(address=address or "local", num_cpus=num_cpus_local if address is None else None,
                  runtime_env={"env_vars": worker_env()}, include_dashboard=False, log_to_driver=False)
     try:
         return encode_latent_shards(source, dest, encoder, batch_size=batch_size, overwrite=overwrite,
