@@ -149,3 +149,14 @@ def test_quantize_matches_png_and_inverts_the_data_mapping(tmp_path):
     grid = np.asarray(Image.open(path))
     np.testing.assert_array_equal(grid, make_grid(q, nrow=2))  # PNG stores exactly these bytes
     np.testing.assert_array_equal(grid[2:10, 2:10], q[0].permute(1, 2, 0).numpy())
+
+
+def test_eval_package_imports_neither_ray_nor_boto3():
+    import subprocess
+    import sys
+
+    code = ("import sys, distdiff.eval, distdiff.eval.multiproc, distdiff.eval.cli, distdiff.eval.features\n"
+            "bad = [m for m in ('ray', 'boto3', 'webdataset', 'deepspeed') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
