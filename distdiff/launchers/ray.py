@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import signal
 import tempfile
@@ -26,7 +27,8 @@ from distdiff.config import RunConfig, dump_yaml, from_dict, to_dict
 from distdiff.train.stages import run_dir, vae_export_path
 from distdiff.train.storage import Storage, StorageError, aws_environment
 
-STAGE_OUTPUTS = ("metrics.jsonl", "tensorboard", "samples", "export")  # mirrored into remote storage
+STAGE_OUTPUTS = ("metrics.jsonl", "events.jsonl", "tensorboard", "samples", "export")  # mirrored to remote storage
+FINAL_METRICS = "final.json"  # rank 0's final metrics of a stage, read back by the driver
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -53,12 +55,14 @@ def preflight(cfg: RunConfig) -> Storage:
 
     Raises:
         StorageError: the bucket does not exist, the endpoint is unreachable or the keys are wrong.
+        DataError: the data source cannot be read or does not fit this many ranks.
     """
-    from distdiff.train.data_source import describe_source
+    from distdiff.data import preflight as data_preflight
 
     storage = open_storage(cfg, fail_fast=True)
     storage.check_writable()
-    describe_source(cfg.data)  # reads the shard manifest: the data bucket and keys are checked too
+    # The shard manifest and sizes: the data's bucket, endpoint and keys are checked too.
+    data_preflight(cfg.data.source, cfg.distributed.num_workers, cfg.data.num_workers)
     return open_storage(cfg)
 
 
@@ -178,6 +182,9 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
     _connect(cfg)
     checkpoints = storage.child(cfg.name, stage, "checkpoints")
     _prepare_elastic_resume(checkpoints, cfg)
+    outputs = storage.child(cfg.name, stage)
+    if outputs.exists(FINAL_METRICS):  # from an earlier submission of this run
+        outputs.fs.delete_file(outputs.path(FINAL_METRICS))
     dist = cfg.distributed
     run_id = f"{cfg.name}/{stage}/{uuid.uuid4().hex[:8]}"
     trainer = TorchTrainer(
@@ -196,8 +203,9 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
         ),
     )
     with _SignalForwarder(run_id):
-        result = trainer.fit()
-    final = dict((result.metrics or {}).get("final", {}))
+        trainer.fit()
+    # Rank 0 leaves the final metrics in storage (Ray's Result carries the latest checkpoint's metrics).
+    final = json.loads(outputs.read_text(FINAL_METRICS))
     if final.get("preempted"):
         print(f"[{stage}] stopped on a preemption notice at step {final.get('steps')}; run the same command "
               "again to resume", flush=True)
@@ -291,7 +299,7 @@ def _export(cfg: RunConfig, stage: str, plan, sampler, ctx, time_samplers: bool)
 
 
 def _train_worker(config: dict) -> None:
-    """The Ray Train worker function: resume, train, export, report the final metrics."""
+    """The Ray Train worker function: resume, train, export, leave the final metrics in storage."""
     import ray.train
     import torch
 
@@ -307,7 +315,7 @@ def _train_worker(config: dict) -> None:
     device = ray.train.torch.get_device() if cfg.distributed.use_gpu else torch.device("cpu")
     keep = (cfg.stage1 if stage == "vae" else cfg.stage2).keep_checkpoints
     ctx = RayContext(storage.child(cfg.name, stage, "checkpoints"), device, keep, config["run_id"],
-                     _stage_outputs(cfg, stage, storage))
+                     _stage_outputs(cfg, stage, storage), events=run_dir(cfg) / stage / "events.jsonl")
     resume = ctx.resolve_resume()
     universal = frozenset()
     if resume is not None:
@@ -325,7 +333,7 @@ def _train_worker(config: dict) -> None:
             final.update(_export(cfg, stage, plan, sampler, ctx, config["time_samplers"]))
         if ctx.rank == 0:
             ctx.sync_outputs()
-        ray.train.report({"final": final})
+            storage.child(cfg.name, stage).write_text(json.dumps(final, indent=1), FINAL_METRICS)
     finally:
         destroy_engines(plan.engines)
         ctx.close()

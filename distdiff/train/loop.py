@@ -89,6 +89,16 @@ def _write_samples(ctx: TrainContext, plan: StagePlan, step: int) -> None:
         save_grid(images, plan.stage_dir / "samples" / f"{name}-latest.png")
 
 
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process and, on CUDA, peak allocated device memory (MiB)."""
+    import resource
+
+    metrics = {"mem/rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        metrics["mem/cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return metrics
+
+
 class _Throughput:
     """Images/s and the fraction of step time spent waiting for data, over a logging window."""
 
@@ -178,7 +188,7 @@ def _after_step(ctx, plan, state, metrics, meter, logger, bar, generator) -> Non
     step, stage = state.step, plan.stage
     last = step == stage.steps
     if step % stage.log_every == 0 or last:
-        record = {**metrics, **meter.summary(), "samples_seen": state.samples_seen}
+        record = {**metrics, **meter.summary(), "samples_seen": state.samples_seen, **memory_metrics(ctx.device)}
         meter.reset()
         state.metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         ctx.report(state.metrics)

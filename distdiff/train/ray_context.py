@@ -9,6 +9,7 @@ storage and takes the newest folder that carries the marker.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -39,16 +40,6 @@ def _read_driver_request(run_id: str) -> str | None:
     return value.decode() if value else None  # "<kind>:<count>": a repeated signal is a new value
 
 
-def memory_metrics(device: torch.device) -> dict[str, float]:
-    """Resident memory of this process and, on CUDA, the peak allocated memory (MiB)."""
-    import resource
-
-    metrics = {"mem/rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        metrics["mem/cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return metrics
-
-
 class RayContext:
     """`TrainContext` for a Ray Train worker.
 
@@ -58,12 +49,14 @@ class RayContext:
         device: this rank's device.
         keep: complete checkpoints to keep.
         run_id: key under which the driver forwards preemption notices.
-        sync_dirs: local folders (rank 0) mirrored into storage at every checkpoint, e.g. the
-            metrics log: {local folder: storage folder}.
+        sync_dirs: local files and folders (rank 0) mirrored into storage at every checkpoint, e.g.
+            the metrics log: {local path: storage path}.
+        events: rank 0 appends one JSON line per resume here (which checkpoint, which step, how many
+            workers), so restarts stay visible after the fact.
     """
 
     def __init__(self, checkpoints: Storage, device: torch.device, keep: int, run_id: str,
-                 sync_dirs: dict[Path, Storage] | None = None):
+                 sync_dirs: dict[Path, Storage] | None = None, events: Path | None = None):
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -72,6 +65,7 @@ class RayContext:
         self.keep = keep
         self.run_id = run_id
         self.sync_dirs = sync_dirs or {}
+        self.events = events
         self.scratch = Path(tempfile.mkdtemp(prefix=f"distdiff-rank{self.rank}-"))
         self._resume: Path | None = None
         self._resume_resolved = False
@@ -94,8 +88,17 @@ class RayContext:
             self._resume = self.checkpoints.download(name, local)
             if self.rank == 0:
                 print(f"resuming from {self.checkpoints.uri}/{name} (newest complete checkpoint)", flush=True)
+                self._log_event({"event": "resume", "checkpoint": f"{self.checkpoints.uri}/{name}",
+                                 "step": int(name.split("-")[1]), "world_size": self.world_size})
         self._resume_resolved = True
         return self._resume
+
+    def _log_event(self, record: dict) -> None:
+        if self.events is None:
+            return
+        self.events.parent.mkdir(parents=True, exist_ok=True)
+        with self.events.open("a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
     def latest_checkpoint(self) -> Path | None:
         return self.resolve_resume()
@@ -117,7 +120,7 @@ class RayContext:
     def commit_checkpoint(self, staging: Path, step: int, metrics: dict) -> None:
         name = step_dir_name(step)
         checkpoint = ray.train.Checkpoint.from_directory(str(staging))
-        ray.train.report(self._with_memory(metrics), checkpoint=checkpoint, checkpoint_dir_name=name)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         self.barrier()  # every rank's files are in storage
         if self.rank == 0:
             self.checkpoints.write_text(f"step {step}\nworld_size {self.world_size}\n", name, COMPLETE_MARKER)
@@ -137,16 +140,13 @@ class RayContext:
     def sync_outputs(self) -> None:
         """Mirror rank 0's local output folders (metrics, TensorBoard, samples) into storage."""
         for local, remote in self.sync_dirs.items():
-            if Path(local).is_dir():
+            if Path(local).exists():
                 remote.upload(Path(local), "")
 
     # -- reporting and collectives ---------------------------------------------------------------
 
-    def _with_memory(self, metrics: dict) -> dict:
-        return {**metrics, **memory_metrics(self.device)}
-
     def report(self, metrics: dict) -> None:
-        ray.train.report(self._with_memory(metrics))
+        ray.train.report(metrics)
 
     def all_gather_object(self, obj: Any) -> list:
         if self.world_size == 1:

@@ -84,7 +84,7 @@ class Storage:
         return Storage(self.fs, f"{self.root}/{tail}", f"{self.uri}/{tail}")
 
     def path(self, *parts: str) -> str:
-        return "/".join([self.root, *(p.strip("/") for p in parts)])
+        return "/".join([self.root, *(p.strip("/") for p in parts if p.strip("/"))])
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -124,7 +124,7 @@ class Storage:
 
     def download(self, name: str, local: Path, skip: tuple[str, ...] = ()) -> Path:
         """Copy the subfolder `name` into the local folder `local` (skipping paths containing `skip`)."""
-        source = self.path(name)
+        source = self.path(name) if name else self.root
         infos = self.fs.get_file_info(pafs.FileSelector(source, recursive=True))
         for info in infos:
             if info.type != pafs.FileType.File:
@@ -139,9 +139,9 @@ class Storage:
         return Path(local)
 
     def upload(self, local: Path, name: str) -> None:
-        """Copy a local folder into the subfolder `name` (overwriting files of the same name)."""
-        target = self.path(name)
-        self.fs.create_dir(target, recursive=True)
+        """Copy a local folder (or file) to `name` (overwriting files of the same name)."""
+        target = self.path(name) if name else self.root
+        self.fs.create_dir(target if Path(local).is_dir() else target.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(str(local), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
 
     def delete(self, name: str) -> None:

@@ -1,0 +1,121 @@
+"""Training throughput of the distributed path against a plain PyTorch loop, measured side by side.
+
+1. Overhead: steps/s of distdiff's full path (Ray Train + DeepSpeed + shard streaming) on one worker
+   with one thread, against a plain PyTorch loop over the same networks (U-Net, DDGAN generator and
+   discriminator, EMAs) and in-memory batches in this process with one thread. Target >= 0.9.
+2. Scaling: images/s of 2 workers x 1 thread against 1 worker x 1 thread. Target >= 1.7.
+
+Steady-state rates only: the first logging window (start-up, first-step allocation) is dropped.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from distdiff.config import DataConfig, RunConfig, load_config
+from distdiff.train.metrics import read_metrics
+
+
+def bench_config(out: Path, name: str, preset: str, batch: int, steps: int, log_every: int, source: str,
+                 workers: int) -> RunConfig:
+    """Stage 2 in pixel space on MNIST: U-Net + DDGAN of `preset`, ZeRO-2, one thread per worker."""
+    return load_config(RunConfig, None, [
+        f"name={name}", f"output_dir={out}", "space=pixel", f"data.source={source}", f"ldm.preset={preset}",
+        f"ddgan.preset={preset}", f"stage2.steps={steps}", f"stage2.batch_size={batch}",
+        f"stage2.log_every={log_every}", f"stage2.checkpoint_every={steps}", "stage2.sample_every=0",
+        "stage2.num_samples=4", f"distributed.num_workers={workers}", "distributed.cpus_per_worker=1",
+        "distributed.zero_stage=2", "distributed.max_failures=0", "device=cpu"])
+
+
+def write_mnist_shards(dest: Path) -> str:
+    """The embedded MNIST as image shards in a local folder (what the full path streams)."""
+    from distdiff.data import write_image_shards
+    from distdiff.data.formats import embedded_mnist
+
+    if not (dest / "manifest.json").exists():
+        write_image_shards(embedded_mnist(), str(dest), shard_size=500)
+    return str(dest)
+
+
+def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> float:
+    """Steps/s of a bare loop: same networks and task, torch optimizers, batches already in memory."""
+    from distdiff.launchers.local import torch_engine_factory
+    from distdiff.tasks import DDGANTask, JointLatentTask, LatentSource, LDMTask
+    from distdiff.train.context import LocalContext
+    from distdiff.train.data_source import build_source_stream
+    from distdiff.train.stages import Stage2Networks, _schedules
+
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    ctx = LocalContext(Path(tempfile.mkdtemp()), torch.device("cpu"))
+    nets = Stage2Networks(cfg, ctx, torch_engine_factory, 1, None)
+    ldm_schedule, gan_schedule = _schedules(cfg)
+    task = JointLatentTask(LatentSource(None), LDMTask(ldm_schedule, None, cfg.ldm.label_dropout),
+                           DDGANTask(gan_schedule, nets.nz, cfg.ddgan.r1_gamma, cfg.ddgan.lazy_reg))
+    stream = iter(build_source_stream(DataConfig(source="embedded-mnist"), cfg.stage2.batch_size, 0, 1, cfg.seed))
+    batches = [next(stream) for _ in range(8)]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        task.step(batches[step % len(batches)], nets.engines, step, generator)
+        for name, ema in nets.emas.items():
+            ema.update(nets.engines[name].module)
+    return steps / (time.perf_counter() - start)
+
+
+def distributed_rate(cfg: RunConfig) -> float:
+    """Steady-state images/s of a Ray + DeepSpeed run (median of the logging windows after the first)."""
+    from distdiff.launchers.ray import train_ldm
+
+    train_ldm(cfg)
+    records = read_metrics(Path(cfg.output_dir) / cfg.name / "ldm" / "metrics.jsonl")
+    rates = [r["images_per_sec"] for r in records[1:]]
+    return statistics.median(rates)
+
+
+def run_benchmark(preset: str = "small", batch: int = 16, steps: int = 30, warmup: int = 5, out: str | None = None,
+                  scaling: bool = True) -> dict:
+    """Measure and print both ratios; returns the figures.
+
+    Args:
+        preset: U-Net and DDGAN preset ("tiny", "small", ...).
+        batch: samples per worker per step.
+        steps: measured steps (the distributed runs train `warmup + steps` and drop the first window).
+        warmup: steps excluded from the timing.
+        out: folder for the shards and runs (default: a temporary folder).
+        scaling: also run the 2-worker measurement.
+    """
+    root = Path(out or tempfile.mkdtemp(prefix="distdiff-bench-"))
+    source = write_mnist_shards(root / "mnist-shards")
+    total = warmup + steps
+    one = bench_config(root, "bench-1w", preset, batch, total, warmup, source, 1)
+    plain = plain_pytorch_rate(one, steps, warmup)
+    full = distributed_rate(one) / batch
+    results = {"preset": preset, "batch_per_worker": batch, "plain_steps_per_s": plain,
+               "distributed_1w_steps_per_s": full, "overhead_ratio": full / plain}
+    if scaling:
+        two = bench_config(root, "bench-2w", preset, batch, total, warmup, source, 2)
+        images_two = distributed_rate(two)
+        results.update({"distributed_2w_images_per_s": images_two, "distributed_1w_images_per_s": full * batch,
+                        "scaling_2w_over_1w": images_two / (full * batch)})
+    _print(results)
+    return results
+
+
+def _print(results: dict) -> None:
+    print("\ntraining throughput (stage 2: U-Net + DDGAN generator + discriminator, pixel space, CPU)")
+    print(f"  preset {results['preset']}, batch {results['batch_per_worker']} per worker, 1 thread per worker")
+    print(f"  plain PyTorch loop, in-memory batches : {results['plain_steps_per_s']:.3f} steps/s")
+    print(f"  Ray + DeepSpeed + streaming, 1 worker : {results['distributed_1w_steps_per_s']:.3f} steps/s")
+    print(f"  ratio (target >= 0.9)                 : {results['overhead_ratio']:.3f}")
+    if "scaling_2w_over_1w" in results:
+        print(f"  1 worker  : {results['distributed_1w_images_per_s']:.1f} images/s")
+        print(f"  2 workers : {results['distributed_2w_images_per_s']:.1f} images/s")
+        print(f"  scaling 2 workers / 1 worker (target >= 1.7): {results['scaling_2w_over_1w']:.3f}")

@@ -1,0 +1,32 @@
+"""Training throughput: distdiff on Ray + DeepSpeed + streaming against a plain PyTorch loop.
+
+    python launch/bench_train.py                 # small presets, batch 16, 30 measured steps
+    python launch/bench_train.py --preset tiny --steps 20
+"""
+
+import argparse
+import json
+import sys
+
+from distdiff.train.bench import run_benchmark
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", help="U-Net and DDGAN preset (tiny, small, ...)")
+    parser.add_argument("--batch", type=int, default=16, help="samples per worker per step")
+    parser.add_argument("--steps", type=int, default=30, help="measured steps")
+    parser.add_argument("--warmup", type=int, default=5, help="steps excluded from the timing")
+    parser.add_argument("--out", help="folder for shards and runs (default: a temporary folder)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the 2-worker measurement")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    results = run_benchmark(args.preset, args.batch, args.steps, args.warmup, args.out, not args.no_scaling)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Fast checks of the distributed building blocks: DeepSpeed JSON, resume rules, storage, preemption.
+
+No Ray cluster and no process group: these run in a second and pin the rules the end-to-end tests
+in `test_distributed_ray.py` rely on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from distdiff.config import DistributedConfig, OptimConfig
+from distdiff.train import preemption
+from distdiff.train.checkpoint import CheckpointError
+from distdiff.train.deepspeed_engines import (
+    ZERO3_RESIDENT,
+    build_deepspeed_config,
+    deep_merge,
+    engine_zero_stage,
+    needs_universal,
+)
+from distdiff.train.storage import Storage, StorageError
+
+
+def test_deepspeed_json_comes_from_typed_fields_with_the_raw_dict_merged_last():
+    optim = OptimConfig(lr=3e-4, betas=(0.5, 0.9), weight_decay=0.01, warmup_steps=10, grad_clip=2.0)
+    dist = DistributedConfig(zero_stage=2, gradient_accumulation_steps=4,
+                             deepspeed={"zero_optimization": {"overlap_comm": True}, "gradient_clipping": 0.5})
+    config = build_deepspeed_config(optim, "adam", dist, "bf16", micro_batch_size=16)
+    assert config["train_micro_batch_size_per_gpu"] == 16 and config["gradient_accumulation_steps"] == 4
+    assert config["zero_optimization"] == {"stage": 2, "overlap_comm": True}  # merged, not replaced
+    assert config["gradient_clipping"] == 0.5  # the raw dict wins
+    assert config["bf16"] == {"enabled": True}
+    params = config["optimizer"]["params"]
+    assert config["optimizer"]["type"] == "Adam" and params["adam_w_mode"] is False and params["torch_adam"]
+    assert params["lr"] == 3e-4 and params["betas"] == [0.5, 0.9] and params["weight_decay"] == 0.01
+    assert config["scheduler"]["params"]["warmup_num_steps"] == 10
+    assert config["checkpoint"] == {"load_universal": False}
+    plain = build_deepspeed_config(OptimConfig(grad_clip=0.0), "adamw", DistributedConfig(zero_stage=0), "fp32", 8)
+    assert "gradient_clipping" not in plain and "scheduler" not in plain
+    assert plain["optimizer"]["type"] == "AdamW" and plain["bf16"] == {"enabled": False}
+
+
+def test_second_order_networks_stay_at_zero2_even_against_the_raw_dict():
+    dist = DistributedConfig(zero_stage=3, deepspeed={"zero_optimization": {"stage": 3}})
+    assert build_deepspeed_config(OptimConfig(), "adam", dist, "fp32", 4, resident=True)["zero_optimization"]["stage"] == 2
+    assert build_deepspeed_config(OptimConfig(), "adam", dist, "fp32", 4)["zero_optimization"]["stage"] == 3
+    assert "ddgan_d" in ZERO3_RESIDENT
+    assert engine_zero_stage("ddgan_d", 3) == 2 and engine_zero_stage("unet", 3) == 3
+    assert engine_zero_stage("ddgan_d", 1) == 1
+
+
+def test_deep_merge_does_not_touch_its_inputs():
+    base, override = {"a": {"b": 1, "c": 2}}, {"a": {"b": 3}, "d": 4}
+    assert deep_merge(base, override) == {"a": {"b": 3, "c": 2}, "d": 4}
+    assert base == {"a": {"b": 1, "c": 2}} and override == {"a": {"b": 3}, "d": 4}
+
+
+def meta(world_size: int, stage: int, precision: str = "fp32") -> dict:
+    return {"world_size": world_size, "zero_stage": stage, "precision": precision}
+
+
+def test_universal_conversion_only_where_shards_change_layout():
+    assert not needs_universal(meta(2, 2), 2, 2, False)
+    assert needs_universal(meta(2, 2), 1, 2, False)
+    assert needs_universal(meta(2, 3), 4, 3, False)
+    assert needs_universal(meta(2, 2), 2, 3, False)  # another stage, same world size
+    assert needs_universal(meta(2, 0, "bf16"), 1, 0, True)  # bf16 keeps sharded fp32 master weights
+    assert not needs_universal(meta(2, 0), 1, 0, False)  # plain data parallelism: whole states
+    with pytest.raises(CheckpointError, match="ZeRO-0"):
+        needs_universal(meta(2, 0), 2, 2, False)
+    with pytest.raises(CheckpointError, match="ZeRO-2"):
+        needs_universal(meta(2, 2), 2, 0, False)
+
+
+def test_preemption_requests_combine_and_clear():
+    assert preemption.poll() is None
+    preemption.request(preemption.SAVE)
+    preemption.request(preemption.STOP)
+    preemption.request(preemption.SAVE)  # never downgrades a stop
+    assert preemption.poll() == preemption.STOP and preemption.poll() is None
+    assert preemption.strongest([None, "save", None]) == "save"
+    assert preemption.from_code(preemption.code("stop")) == "stop"
+
+
+def test_signals_become_requests():
+    previous = preemption.install_handlers(sigterm=True)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert preemption.poll() == preemption.SAVE
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert preemption.poll() == preemption.STOP
+    finally:
+        preemption.restore_handlers(previous)
+
+
+def test_local_storage_lists_only_complete_checkpoints(tmp_path):
+    storage = Storage.open(str(tmp_path / "store"))
+    storage.check_writable()
+    source = tmp_path / "ckpt"
+    (source / "engines").mkdir(parents=True)
+    (source / "engines" / "w.bin").write_bytes(b"x" * 10)
+    for step in (4, 8, 12):
+        storage.upload(source, f"step-{step:08d}")
+    storage.write_text("step 4", "step-00000004", "COMPLETE")
+    storage.write_text("step 8", "step-00000008", "COMPLETE")
+    assert [(s, done) for s, _, done in storage.step_dirs()] == [(4, True), (8, True), (12, False)]
+    assert storage.latest_complete() == "step-00000008"
+    copy = storage.download("step-00000008", tmp_path / "copy")
+    assert (copy / "engines" / "w.bin").read_bytes() == b"x" * 10 and (copy / "COMPLETE").is_file()
+    storage.delete("step-00000012")
+    assert storage.latest_complete() == "step-00000008" and len(storage.step_dirs()) == 2
+
+
+def test_unsupported_storage_urls_are_refused():
+    with pytest.raises(StorageError, match="only local folders and s3://"):
+        Storage.open("gs://bucket/x")
+    with pytest.raises(StorageError, match="names no bucket"):
+        Storage.open("s3://")

@@ -1,0 +1,394 @@
+"""Distributed training end to end on a real local Ray cluster (2 CPU workers, gloo, DeepSpeed).
+
+One `ray start --head` cluster on 127.0.0.1 serves the whole module (the tests connect to it with
+RAY_ADDRESS, as `ray job submit` does); checkpoints go to the session's SeaweedFS S3 server. The
+stage-2 runs train the tiny U-Net and DDGAN jointly on latents of a tiny VAE trained locally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from distdiff.config import RunConfig, load_config
+from distdiff.train.metrics import read_metrics
+from distdiff.train.storage import Storage, StorageError
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, CHECKPOINT_EVERY = 12, 4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer (401 under token auth) means the server is up
+        except OSError:
+            time.sleep(0.5)  # polling interval of a readiness check
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A `ray start --head --block` cluster on 127.0.0.1 with free ports; stopped with its process."""
+    temp = Path(tempfile.mkdtemp(prefix="ddray", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    command = [shutil.which("ray") or str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+               "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4", "--include-dashboard=true",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+               f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+               f"--temp-dir={temp}", "--disable-usage-stats"]
+    log = open(temp / "ray-start.log", "wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=90)
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+    finally:
+        import ray
+
+        ray.shutdown()
+        process.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # leftovers of this cluster: its own process group
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cluster_env(cluster, seaweed=None, **extra: str):
+    """RAY_ADDRESS / token auth (and the S3 server's AWS variables) for the duration of a run."""
+    values = {"RAY_ADDRESS": cluster["address"], "RAY_AUTH_MODE": "token", **(seaweed.env() if seaweed else {}),
+              **extra}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory):
+    """Exported weights of a tiny VAE (trained 2 steps locally): the frozen encoder of stage 2."""
+    from distdiff.launchers.local import train_vae_local
+
+    out = tmp_path_factory.mktemp("vae")
+    cfg = load_config(RunConfig, ROOT / "configs" / "pipeline-smoke.yaml",
+                      [f"output_dir={out}", "stage1.steps=2", "stage1.checkpoint_every=2"])
+    return train_vae_local(cfg)["export"]
+
+
+@pytest.fixture(scope="module")
+def bucket(seaweed):
+    return seaweed.create_bucket(f"ckpt-{uuid.uuid4().hex[:10]}")
+
+
+def stage2_config(tmp: Path, name: str, vae: str, bucket: str, *overrides: str) -> RunConfig:
+    """2 workers, ZeRO-2, LDM + DDGAN (tiny presets) on tiny-VAE latents, checkpoints on S3."""
+    return load_config(RunConfig, None, [
+        f"name={name}", f"output_dir={tmp}", "seed=3", "data.source=embedded-mnist", f"vae.checkpoint={vae}",
+        "vae.preset=tiny", "ldm.preset=tiny", "ldm.num_steps=50", "ldm.ddim_steps=4", "ldm.optim.lr=2e-3",
+        "ddgan.preset=tiny", f"stage2.steps={STEPS}", "stage2.batch_size=8", "stage2.log_every=1",
+        f"stage2.checkpoint_every={CHECKPOINT_EVERY}", "stage2.sample_every=0", "stage2.num_samples=4",
+        "stage2.keep_checkpoints=2", "distributed.num_workers=2", "distributed.zero_stage=2",
+        "distributed.max_failures=2", f"distributed.storage_path=s3://{bucket}/runs", *overrides])
+
+
+def losses_by_step(run_dir: Path) -> dict[int, dict]:
+    """The loss values of each step from rank 0's metrics.jsonl (the last record wins after a resume)."""
+    by_step = {}
+    for record in read_metrics(run_dir / "ldm" / "metrics.jsonl"):
+        by_step[record["step"]] = {k: v for k, v in record.items() if k.endswith("loss")}
+    return by_step
+
+
+def export_weights(run_dir: Path) -> dict:
+    return {name: load_file(str(run_dir / "ldm" / "export" / f"{name}.safetensors"))
+            for name in ("unet", "unet_ema", "ddgan_generator", "ddgan_generator_ema", "ddgan_discriminator")}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert a[name][key].equal(b[name][key]), f"{name}.{key} differs"
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_cluster, seaweed, bucket, tiny_vae, tmp_path_factory):
+    """The uninterrupted 2-worker ZeRO-2 run the other tests compare against."""
+    from distdiff.launchers.ray import train_ldm
+
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = stage2_config(tmp, "reference", tiny_vae, bucket)
+    started = time.monotonic()
+    with cluster_env(ray_cluster, seaweed):
+        final = train_ldm(cfg)
+    return {"cfg": cfg, "final": final, "dir": tmp / "reference", "seconds": time.monotonic() - started}
+
+
+def test_zero2_run_writes_complete_checkpoints_to_s3_and_losses_fall(reference_run, seaweed, bucket):
+    final, run = reference_run["final"], reference_run["dir"]
+    assert final["steps"] == STEPS and not final["preempted"]
+    client = seaweed.client()
+    keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/reference/")
+            for o in page.get("Contents", [])}
+    # keep_checkpoints=2: the last two survive, each complete, with every rank's files
+    complete = sorted(k.split("/")[-2] for k in keys if k.endswith("/COMPLETE"))
+    assert complete == ["step-00000008", "step-00000012"]
+    for step in complete:
+        names = {k.split(f"{step}/", 1)[1] for k in keys if f"/{step}/" in k}
+        assert {"state.json", "rng/rank-00000.pt", "rng/rank-00001.pt", "ema/unet.safetensors",
+                "engines/unet/deepspeed.json"} <= names
+        assert any(n.startswith("engines/ddgan_d/state/") and "rank_1" in n for n in names), "rank 1's shard"
+    assert "runs/reference/ldm/metrics.jsonl" in keys and any("/tensorboard/" in k for k in keys)
+    assert "runs/reference/ldm/export/unet_ema.safetensors" in keys
+    losses = losses_by_step(run)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    # The run is deterministic (seeded data order, noise and initial weights), so these margins are fixed.
+    first = sum(losses[s]["ldm/loss"] for s in range(1, 5)) / 4
+    last = sum(losses[s]["ldm/loss"] for s in range(STEPS - 3, STEPS + 1)) / 4
+    assert last < 0.95 * first, f"LDM loss did not fall: {first:.4f} -> {last:.4f}"
+    assert losses[STEPS]["ddgan/d_loss"] < losses[1]["ddgan/d_loss"], "discriminator loss did not fall"
+    weights = export_weights(run)
+    assert any(not weights["unet"][k].equal(weights["unet_ema"][k]) for k in weights["unet"]), "EMA = raw weights"
+
+
+def _losses_under_each_zero_stage(config: dict) -> None:
+    """Ray Train worker: the first steps of the stage-2 plan under ZeRO 0..3, same seed each time."""
+    import ray.train
+    import torch
+
+    from distdiff.config import from_dict
+    from distdiff.launchers.ray import _build_plan
+    from distdiff.train.deepspeed_engines import destroy_engines
+
+    rank, world_size = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    ctx = type("Ctx", (), {"rank": rank, "world_size": world_size, "device": torch.device("cpu")})()
+    results = {}
+    for stage in (0, 1, 2, 3):
+        cfg = from_dict(RunConfig, config["cfg"])
+        cfg.distributed.zero_stage = stage
+        plan, _ = _build_plan(cfg, "ldm", ctx, frozenset())
+        batches = iter(plan.stream)
+        generator = torch.Generator().manual_seed(1000 + rank)
+        torch.manual_seed(rank)
+        results[stage] = [plan.step_fn(next(batches), plan.engines, step, generator) for step in range(3)]
+        for name, ema in plan.emas.items():
+            ema.update(plan.engines[name].module)  # gathers partitioned weights under ZeRO-3
+        destroy_engines(plan.engines)
+    if rank == 0:
+        Path(config["out"]).write_text(json.dumps(results))
+
+
+def test_zero_stages_0_to_3_give_identical_fp32_losses(ray_cluster, seaweed, bucket, tiny_vae, tmp_path):
+    import ray
+    from ray.train import RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from distdiff.config import to_dict
+    from distdiff.launchers.ray import _connect, _worker_env
+
+    # stage3_param_persistence_threshold 0: ZeRO-3 really partitions even the tiny networks' weights
+    cfg = stage2_config(tmp_path, "zero", tiny_vae, bucket,
+                        "distributed.deepspeed={zero_optimization: {stage3_param_persistence_threshold: 0}}")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    out = tmp_path / "losses.json"
+    with cluster_env(ray_cluster, seaweed):
+        _connect(cfg)
+        TorchTrainer(_losses_under_each_zero_stage, train_loop_config={"cfg": to_dict(cfg), "out": str(out)},
+                     torch_config=TorchConfig(backend="gloo"), scaling_config=ScalingConfig(num_workers=2),
+                     run_config=RayRunConfig(name="zero", storage_path=str(tmp_path / "ray"),
+                                             worker_runtime_env=_worker_env())).fit()
+    results = {int(k): v for k, v in json.loads(out.read_text()).items()}
+    keys = [k for k in results[2][0] if k.endswith("loss")]
+    assert {"ldm/loss", "ddgan/d_loss", "ddgan/g_loss"} <= set(keys)
+    for stage in (0, 1, 3):
+        for step in range(3):
+            for key in keys:
+                # ZeRO 1-3 agree bit for bit; ZeRO-0 runs Adam per tensor instead of on flat buffers,
+                # which can move the last bit of a float32 (seen: 6e-8 relative).
+                assert results[stage][step][key] == pytest.approx(results[2][step][key], rel=1e-6, abs=1e-7), \
+                    (stage, step, key)
+            if stage in (1, 3):
+                assert results[stage][step]["ldm/loss"] == results[2][step]["ldm/loss"]
+
+
+class WorkerKiller(threading.Thread):
+    """Once both workers run, wait for checkpoint `name` to be complete, then SIGKILL rank 1's process."""
+
+    def __init__(self, checkpoints: Storage, name: str, cluster):
+        super().__init__(daemon=True)
+        self.checkpoints, self.name, self.cluster = checkpoints, name, cluster
+        self.killed: int | None = None
+
+    def _worker_pids(self) -> list[int]:
+        from ray.util.state import list_actors
+
+        actors = list_actors(address=self.cluster["address"], detail=True,
+                             filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        return sorted(a.pid for a in actors if a.pid)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 300
+        pids: list[int] = []
+        while len(pids) < 2 and time.monotonic() < deadline:  # looked up early: the state API is slow
+            time.sleep(0.5)  # polling interval of the state API
+            pids = self._worker_pids()
+        while not self.checkpoints.exists(self.name, "COMPLETE") and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling interval of the storage
+        os.kill(pids[-1], signal.SIGKILL)  # right after the marker: where Ray may drop a fresh checkpoint
+        self.killed = pids[-1]
+
+
+def test_killed_worker_resumes_from_checkpoint_with_identical_losses(reference_run, ray_cluster, seaweed, bucket,
+                                                                     tiny_vae, tmp_path):
+    from distdiff.launchers.ray import train_ldm
+
+    cfg = stage2_config(tmp_path, "faulty", tiny_vae, bucket)
+    with cluster_env(ray_cluster, seaweed):
+        checkpoints = Storage.open(f"s3://{bucket}/runs").child("faulty", "ldm", "checkpoints")
+        killer = WorkerKiller(checkpoints, f"step-{CHECKPOINT_EVERY:08d}", ray_cluster)
+        killer.start()
+        final = train_ldm(cfg)
+        killer.join(timeout=5)
+    assert killer.killed, "no worker was killed"
+    assert final["steps"] == STEPS
+    events = read_metrics(tmp_path / "faulty" / "ldm" / "events.jsonl")
+    assert [(e["event"], e["step"], e["world_size"]) for e in events] == [("resume", CHECKPOINT_EVERY, 2)]
+    steps = [r["step"] for r in read_metrics(tmp_path / "faulty" / "ldm" / "metrics.jsonl")]
+    assert sorted(set(steps)) == list(range(1, STEPS + 1))
+    assert losses_by_step(tmp_path / "faulty") == losses_by_step(reference_run["dir"])
+    assert_same_weights(export_weights(tmp_path / "faulty"), export_weights(reference_run["dir"]))
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.2)  # polling interval
+
+
+def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(reference_run, ray_cluster, seaweed,
+                                                                        bucket, tmp_path):
+    from distdiff.config import dump_yaml
+    from distdiff.launchers.ray import train_ldm
+
+    with cluster_env(ray_cluster, seaweed):
+        # The reference run's last checkpoint (2 workers, ZeRO-2, step 12) becomes run "elastic".
+        storage = Storage.open(f"s3://{bucket}/runs")
+        checkpoints = storage.child("elastic", "ldm", "checkpoints")
+        local = storage.child("reference", "ldm", "checkpoints").download(f"step-{STEPS:08d}", tmp_path / "copy")
+        checkpoints.upload(local, f"step-{STEPS:08d}")
+        cfg = copy.deepcopy(reference_run["cfg"])
+        cfg.output_dir, cfg.name, cfg.distributed.num_workers = str(tmp_path), "elastic", 1
+        at_resume = train_ldm(cfg)  # steps == the checkpoint's step: nothing to train, exports what it loaded
+        assert at_resume["steps"] == STEPS
+        assert checkpoints.exists(f"step-{STEPS:08d}", "UNIVERSAL_COMPLETE")
+        assert_same_weights(export_weights(tmp_path / "elastic"), export_weights(reference_run["dir"]))
+
+        # Resubmitting the same run (as its own driver process) resumes and trains on; SIGTERM to the
+        # driver makes the worker checkpoint the step it is at and stop cleanly.
+        cfg.stage2.steps, cfg.stage2.checkpoint_every = STEPS + 100, 1000
+        config_file = tmp_path / "elastic.yaml"
+        config_file.write_text(dump_yaml(cfg))
+        metrics = tmp_path / "elastic" / "ldm" / "metrics.jsonl"
+        log = open(tmp_path / "driver.log", "w")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        driver = subprocess.Popen([sys.executable, "launch/train_ldm.py", "--config", str(config_file)], cwd=ROOT,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= STEPS + 1, 240,
+                      "training step after the resume")
+            driver.send_signal(signal.SIGTERM)
+            assert driver.wait(timeout=120) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+            log.close()
+        final = json.loads(storage.child("elastic", "ldm").read_text("final.json"))
+    assert final["preempted"] and STEPS + 1 <= final["steps"] < STEPS + 100
+    steps = [r["step"] for r in read_metrics(metrics)]
+    assert steps[0] == STEPS + 1, "the resubmitted run did not resume from the checkpoint"
+    assert steps[-1] == final["steps"]
+    events = read_metrics(tmp_path / "elastic" / "ldm" / "events.jsonl")
+    assert [(e["event"], e["step"], e["world_size"]) for e in events] == [("resume", STEPS, 1)] * 2
+    with cluster_env(ray_cluster, seaweed):
+        assert checkpoints.latest_complete() == f"step-{final['steps']:08d}"
+
+
+def test_bad_storage_fails_before_workers_start(seaweed, bucket, tiny_vae, tmp_path):
+    from distdiff.launchers.ray import train_ldm
+
+    cases = {
+        "missing bucket": (f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/runs", {}, "does not exist"),
+        "wrong key": (f"s3://{bucket}/runs", {"AWS_SECRET_ACCESS_KEY": "wrong"}, "access denied"),
+        "unreachable": (f"s3://{bucket}/runs", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"},
+                        "cannot reach"),
+    }
+    for label, (url, env, message) in cases.items():
+        cfg = stage2_config(tmp_path, "bad", tiny_vae, bucket, f"distributed.storage_path={url}")
+        values = {**seaweed.env(), **env, "RAY_ADDRESS": "127.0.0.1:1"}  # a cluster that does not exist
+        saved = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        started = time.monotonic()
+        try:
+            with pytest.raises(StorageError, match=message):
+                train_ldm(cfg)
+        finally:
+            for key, value in saved.items():
+                os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        assert time.monotonic() - started < 15, label
+
+
+def test_ray_job_submit_runs_the_smoke_config(ray_cluster, tmp_path):
+    env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["dashboard"]}
+    command = [shutil.which("ray") or str(Path(sys.executable).parent / "ray"), "job", "submit",
+               "--working-dir", ".", "--", sys.executable, "launch/train_ldm.py", "--config", "configs/ldm-smoke.yaml",
+               f"output_dir={tmp_path}"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout
+    run = tmp_path / "ldm-smoke" / "ldm"
+    assert (run / "checkpoints" / "step-00000006" / "COMPLETE").is_file()
+    assert json.loads((run / "export" / "export.json").read_text())["models"]
+    assert read_metrics(run / "metrics.jsonl")[-1]["step"] == 6
