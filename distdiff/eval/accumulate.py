@@ -37,9 +37,9 @@ class Accumulator:
 
     @classmethod
     def empty(cls, dim: int, image_shape: Sequence[int], pr_count: int, grid_count: int,
-              with_modes: bool) -> "Accumulator":
+              with_modes: bool, device: str | torch.device = "cpu") -> "Accumulator":
         return cls(
-            FeatureStats.empty(dim),
+            FeatureStats.empty(dim, device),
             torch.zeros(pr_count, dim, dtype=torch.float32),
             torch.zeros(grid_count, *image_shape, dtype=torch.float32),
             torch.zeros(NUM_STACKED_MODES, dtype=torch.float64) if with_modes else None,
@@ -51,11 +51,11 @@ class Accumulator:
         """Add one batch: global indices int64 (B,), uint8 images (B, C, H, W), features (B, D)."""
         self.stats.add(features)
         keep = indices < self.pr_features.shape[0]
-        self.pr_features[indices[keep]] = features[keep].float()
+        self.pr_features[indices[keep]] = features[keep.to(features.device)].float().cpu()
         keep = indices < self.grid.shape[0]
         self.grid[indices[keep]] = images[keep].float()
         if self.modes is not None and modes is not None:
-            self.modes += mode_histogram(modes, NUM_STACKED_MODES)
+            self.modes += mode_histogram(modes.cpu(), NUM_STACKED_MODES)
 
     def all_reduced(self, reduce_sum: ReduceSum) -> "Accumulator":
         """The sums over all workers (every worker calls this, in the same order)."""
@@ -92,7 +92,7 @@ def generated_batches(source, num_samples: int, rank: int, world_size: int, batc
 
 
 def accumulate(batches, extractor, image_shape: Sequence[int], pr_count: int, grid_count: int,
-               classifier=None) -> Accumulator:
+               classifier=None, device: str | torch.device = "cpu") -> Accumulator:
     """Run the extractor (and mode classifier) over this worker's batches.
 
     Args:
@@ -102,14 +102,17 @@ def accumulate(batches, extractor, image_shape: Sequence[int], pr_count: int, gr
         pr_count: gather the features of global indices below this (precision/recall).
         grid_count: gather the images of global indices below this (sample grid).
         classifier: an MNIST classifier for Stacked-MNIST modes, or None.
+        device: where the feature statistics accumulate.
 
     Returns:
         this worker's (not yet reduced) accumulator.
     """
-    acc = Accumulator.empty(extractor.feature_dim, image_shape, pr_count, grid_count, classifier is not None)
+    acc = Accumulator.empty(extractor.feature_dim, image_shape, pr_count, grid_count, classifier is not None, device)
     for indices, images, gen_seconds in batches:
         start = time.perf_counter()
-        features = extractor(images)  # (B, D)
+        features = extractor(images)  # (B, D), on the extractor's device
+        if features.is_cuda:
+            torch.cuda.synchronize(features.device)  # so the time below is the extractor's
         acc.seconds[1] += time.perf_counter() - start
         acc.seconds[0] += gen_seconds
         modes = stacked_mnist_modes(classifier, images) if classifier is not None else None

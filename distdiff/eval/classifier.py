@@ -169,11 +169,12 @@ def predict_digits(model: MnistClassifier, images: torch.Tensor | np.ndarray, ba
         batch_size: images per forward pass.
 
     Returns:
-        int64 (N,) digits.
+        int64 (N,) digits (on the CPU).
     """
     x = uint8_to_unit(images)
     model.eval()
-    preds = [model(x[s : s + batch_size]).argmax(dim=1) for s in range(0, len(x), batch_size)]
+    device = next(model.parameters()).device
+    preds = [model(x[s : s + batch_size].to(device)).argmax(dim=1).cpu() for s in range(0, len(x), batch_size)]
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 

@@ -93,7 +93,8 @@ def _usable(hit: ReferenceStats | None, pr_count: int, want_modes: bool) -> bool
 
 
 def reference_statistics(rank: int, world_size: int, reduce_sum: ReduceSum, reference, extractor,
-                         batch_size: int, pr_count: int, classifier=None, cache: StatsCache | None = None):
+                         batch_size: int, pr_count: int, classifier=None, cache: StatsCache | None = None,
+                         device: str | torch.device = "cpu"):
     """Statistics of the reference images, from the cache or by the distributed path.
 
     Rank 0 looks the entry up and tells the others (through `reduce_sum`) whether to compute.
@@ -110,7 +111,8 @@ def reference_statistics(rank: int, world_size: int, reduce_sum: ReduceSum, refe
         pr = hit.pr_features[:pr_count] if pr_count else None
         return ReferenceStats(hit.stats, pr, hit.mode_histogram, hit.num_images), True
     batches = ((idx, images, 0.0) for idx, images in reference.rank_batches(rank, world_size, batch_size))
-    acc = accumulate(batches, extractor, reference.image_shape, pr_count, 0, classifier).all_reduced(reduce_sum)
+    acc = accumulate(batches, extractor, reference.image_shape, pr_count, 0, classifier,
+                     device).all_reduced(reduce_sum)
     if acc.stats.count < 2:
         raise ReferenceDataError(f"reference {reference.name} yielded {acc.stats.count} image(s); FID needs at least 2")
     ref = ReferenceStats(acc.stats, acc.pr_features if pr_count else None, acc.modes, acc.stats.count)
@@ -131,7 +133,10 @@ def _source_row(source, acc, ref: ReferenceStats, extractor, settings: EvalSetti
         "precision": None, "recall": None, "modes": None, "reverse_kl": None,
     }
     if pr_count > settings.pr_k:
-        row.update(precision_recall(ref.pr_features[:pr_count], acc.pr_features, settings.pr_k))
+        # k-NN over pr_count^2 distances: run where the networks run (a GPU makes it seconds).
+        device = torch.device(settings.device)
+        row.update(precision_recall(ref.pr_features[:pr_count].to(device), acc.pr_features.to(device),
+                                    settings.pr_k))
     if acc.modes is not None:
         coverage = mode_coverage(acc.modes)
         row.update(modes=coverage["modes"], reverse_kl=coverage["reverse_kl"])
@@ -188,13 +193,13 @@ def evaluate_worker(rank: int, world_size: int, reduce_sum: ReduceSum, settings:
     pr_count = min(settings.pr_count, settings.num_samples, reference.num_images) if settings.pr_count else 0
     cache = StatsCache(settings.stats_cache) if settings.stats_cache else _default_cache(reference)
     ref, cached = reference_statistics(rank, world_size, reduce_sum, reference, extractor, settings.batch_size,
-                                       pr_count, mode_classifier, cache)
+                                       pr_count, mode_classifier, cache, settings.device)
     rows, grids = [], {}
     for source in sources:
         batches = generated_batches(source, settings.num_samples, rank, world_size, settings.batch_size,
                                     settings.seed)
         acc = accumulate(batches, extractor, source.image_shape, pr_count, settings.grid_count,
-                         mode_classifier).all_reduced(reduce_sum)
+                         mode_classifier, settings.device).all_reduced(reduce_sum)
         if rank == 0:
             rows.append(_source_row(source, acc, ref, extractor, settings, pr_count))
             grids[source.key] = acc.grid_uint8()

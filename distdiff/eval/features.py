@@ -88,16 +88,17 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float32 (B, 2048) on the CPU."""
+        """uint8 (B, C, H, W) -> float32 (B, 2048) on the extractor's device."""
         _check_uint8(images)
         out = []
         for start in range(0, images.shape[0], self.batch_size):
-            x = inception_preprocess(images[start : start + self.batch_size]).to(self.device)
+            # Resize where the network runs: on a GPU the bilinear resize is nearly free.
+            x = inception_preprocess(images[start : start + self.batch_size].to(self.device))
             feats = self.net(x)
             if feats.ndim != 2 or feats.shape[1] != INCEPTION_DIM:
                 raise ValueError(f"{self.path} returned features of shape {tuple(feats.shape)}, expected (B, 2048)")
-            out.append(feats.float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, INCEPTION_DIM)
+            out.append(feats.float())
+        return torch.cat(out) if out else torch.zeros(0, INCEPTION_DIM, device=self.device)
 
 
 def _state_digest(module: torch.nn.Module) -> str:
@@ -137,12 +138,12 @@ class MnistClassifierFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, 32, 32) -> float32 (B, C * feature_dim) on the CPU."""
+        """uint8 (B, C, 32, 32) -> float32 (B, C * feature_dim) on the extractor's device."""
         _check_uint8(images)
         b, c, h, w = images.shape
         if c != self.channels or (h, w) != (32, 32):
             raise ValueError(f"FD-MNIST features were set up for ({self.channels}, 32, 32) images, got {(c, h, w)}")
         digits = uint8_to_unit(images.reshape(b * c, 1, h, w))  # (B*C, 1, 32, 32)
-        feats = [self.classifier.features(digits[s : s + self.batch_size].to(self.device)).float().cpu()
+        feats = [self.classifier.features(digits[s : s + self.batch_size].to(self.device)).float()
                  for s in range(0, len(digits), self.batch_size)]
-        return torch.cat(feats).reshape(b, -1) if feats else torch.zeros(0, self.feature_dim)
+        return torch.cat(feats).reshape(b, -1) if feats else torch.zeros(0, self.feature_dim, device=self.device)

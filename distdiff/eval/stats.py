@@ -62,17 +62,18 @@ class FeatureStats:
     outer: torch.Tensor  # (D, D) float64: sum of f f^T
 
     @classmethod
-    def empty(cls, dim: int) -> "FeatureStats":
+    def empty(cls, dim: int, device: str | torch.device = "cpu") -> "FeatureStats":
         """Statistics of no vectors.
 
         Args:
             dim: feature dimension D.
+            device: where the sums accumulate (a GPU makes the float64 outer products cheap).
 
         Returns:
             zero statistics.
         """
-        zeros = torch.zeros(dim, dtype=torch.float64)
-        return cls(0, zeros, torch.zeros(dim, dim, dtype=torch.float64))
+        zeros = torch.zeros(dim, dtype=torch.float64, device=device)
+        return cls(0, zeros, torch.zeros(dim, dim, dtype=torch.float64, device=device))
 
     @property
     def dim(self) -> int:
@@ -86,7 +87,7 @@ class FeatureStats:
         """
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise ValueError(f"expected features of shape (N, {self.dim}), got {tuple(features.shape)}")
-        f64 = features.detach().to("cpu", torch.float64)  # (N, D)
+        f64 = features.detach().to(self.total.device, torch.float64)  # (N, D)
         self.count += int(f64.shape[0])
         self.total += f64.sum(dim=0)
         self.outer += f64.T @ f64
@@ -111,11 +112,11 @@ class FeatureStats:
             reduce_sum: element-wise sum over workers (see module docstring).
 
         Returns:
-            the statistics of every worker's features together.
+            the statistics of every worker's features together (on the CPU).
         """
         count = reduce_sum(torch.tensor([self.count], dtype=torch.float64))
-        total = reduce_sum(self.total)
-        outer = reduce_sum(self.outer)
+        total = reduce_sum(self.total.cpu())
+        outer = reduce_sum(self.outer.cpu())
         return FeatureStats(int(round(float(count[0]))), total, outer)
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +127,8 @@ class FeatureStats:
         """
         if self.count < 2:
             raise ValueError(f"a covariance needs at least 2 feature vectors, these statistics hold {self.count}")
-        mu = self.total / self.count  # (D,)
-        sigma = (self.outer - self.count * torch.outer(mu, mu)) / (self.count - 1)  # (D, D)
+        mu = self.total.cpu() / self.count  # (D,)
+        sigma = (self.outer.cpu() - self.count * torch.outer(mu, mu)) / (self.count - 1)  # (D, D)
         return mu.numpy(), sigma.numpy()
 
     def save(self, path: str | Path) -> None:
@@ -136,7 +137,7 @@ class FeatureStats:
         Args:
             path: destination file.
         """
-        np.savez(path, count=np.int64(self.count), total=self.total.numpy(), outer=self.outer.numpy())
+        np.savez(path, count=np.int64(self.count), total=self.total.cpu().numpy(), outer=self.outer.cpu().numpy())
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":
