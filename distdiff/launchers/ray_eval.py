@@ -31,10 +31,15 @@ GLOO_TIMEOUT = timedelta(minutes=60)
 
 
 def worker_env() -> dict:
-    """Environment for the actors: the variables above that are set, and where distdiff lives."""
+    """Environment for the actors: the variables above that are set, and where distdiff lives.
+
+    Call after connecting: a job submitted with a working_dir already ships distdiff.
+    """
     env = {name: os.environ[name] for name in PASSED_VARIABLES if name in os.environ}
     package_parent = str(Path(distdiff.__file__).resolve().parents[1])
-    if "site-packages" not in package_parent and "dist-packages" not in package_parent:
+    installed = "site-packages" in package_parent or "dist-packages" in package_parent
+    job_env = ray.get_runtime_context().runtime_env or {}
+    if not installed and not job_env.get("working_dir"):
         # A source checkout run in place (same machine or shared disk).
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
     return env
@@ -71,15 +76,19 @@ class EvalWorker:
 
 
 def _connect(address: str | None, num_cpus_local: int | None) -> bool:
-    """Connect to a cluster or start a local one; returns whether this call started Ray."""
+    """Connect to a cluster or start a local one; returns whether this call started Ray.
+
+    No runtime_env is passed here: inside `ray job submit` it would replace the job's own
+    (working_dir included). The actors get their environment variables instead.
+    """
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": worker_env()}, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus_local, runtime_env={"env_vars": worker_env()}, include_dashboard=False,
-                 log_to_driver=True)
+        # "local": always a new instance, never a cluster some other process started on this machine.
+        ray.init(address="local", num_cpus=num_cpus_local, include_dashboard=False, log_to_driver=True)
     return True
 
 
@@ -115,7 +124,8 @@ def run_eval_ray(settings: EvalSettings, num_workers: int = 1, address: str | No
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     started = _connect(address, num_cpus_local)
-    actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)(EvalWorker)
+    actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
+                           runtime_env={"env_vars": worker_env()})(EvalWorker)
     actors = [actor_cls.remote(rank, num_workers) for rank in range(num_workers)]
     try:
         master = ray.get(actors[0].rendezvous.remote()) if num_workers > 1 else None
