@@ -31,7 +31,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_dist")
     torch.manual_seed(0)
     save_classifier(MnistClassifier(width=8), root / "classifier")  # untrained: features are still features
-    export = write_tiny_export(root / "export", image_shape=(1, 32, 32), space="latent", ldm_steps=10, ddgan_steps=2)
+    export = write_tiny_export(root / "export", image_shape=(1, 32, 32), space="latent", ldm_steps=10,
+                               ddgan_steps=2)
     images, _ = load_embedded_mnist()
     return root, export, ArrayReference(images[:96], "mnist-96")
 
@@ -62,7 +63,8 @@ def test_two_gloo_workers_equal_one_worker(setup):
         assert "fid" not in a  # a classifier's features are never reported as FID
     # The gathered sample grids are byte-identical PNGs.
     for key in ("ldm-ddim2", "ddgan-2step"):
-        assert (root / "out1" / f"samples_{key}.png").read_bytes() == (root / "out2" / f"samples_{key}.png").read_bytes()
+        png = f"samples_{key}.png"
+        assert (root / "out1" / png).read_bytes() == (root / "out2" / png).read_bytes()
     written = json.loads((root / "out2" / "eval.json").read_text())
     assert written["models"][0]["fd_mnist"] == two["models"][0]["fd_mnist"]
     table = (root / "out2" / "eval.md").read_text()

@@ -142,7 +142,8 @@ def test_quantize_matches_png_and_inverts_the_data_mapping(tmp_path):
     pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     unit = pixels.float() / 127.5 - 1.0  # how distdiff maps stored pixels to model inputs
     assert torch.equal(quantize_to_uint8(unit), pixels)
-    assert torch.equal(quantize_to_uint8(torch.tensor([[[[-3.0, 3.0]]]])), torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
+    clamped = quantize_to_uint8(torch.tensor([[[[-3.0, 3.0]]]]))
+    assert torch.equal(clamped, torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
     noisy = torch.rand(4, 3, 8, 8) * 2.2 - 1.1
     q = quantize_to_uint8(noisy)
     path = save_image_grid(q, tmp_path / "g.png", nrow=2)

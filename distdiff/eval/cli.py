@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed (i + seed * 0x9E3779B1) mod 2^32")
     p.add_argument("--batch-size", type=int, default=64, help="samples per generation batch per worker")
     p.add_argument("--features", choices=FEATURES, default="inception",
-                   help="inception (reported as FID) or fd-mnist (the MNIST classifier's features, reported as FD-MNIST)")
-    p.add_argument("--inception-weights", default=None, help="local path or s3:// / https:// URL of the TorchScript file")
+                   help="inception (reported as FID) or fd-mnist (the MNIST classifier's features, "
+                        "reported as FD-MNIST)")
+    p.add_argument("--inception-weights", default=None,
+                   help="local path or s3:// / https:// URL of the TorchScript file")
     p.add_argument("--allow-download", action="store_true", help="download the Inception weights if not found locally")
     p.add_argument("--classifier", default=None, help="MNIST classifier stem (launch/train_classifier.py --out)")
     p.add_argument("--stats-cache", default=None, help="reference-statistics cache folder or s3:// prefix "

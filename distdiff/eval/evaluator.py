@@ -103,6 +103,10 @@ def reference_statistics(rank: int, world_size: int, reduce_sum: ReduceSum, refe
         (ReferenceStats or None on ranks other than 0, whether it came from the cache).
     """
     key = cache_key(reference.key, extractor.name, reference.image_shape)
+    if classifier is not None:
+        from distdiff.eval.features import state_digest
+
+        key += f"-modes{state_digest(classifier)}"  # the mode histogram depends on the classifier too
     hit = cache.get(key) if (rank == 0 and cache is not None) else None
     usable = _usable(hit, pr_count, classifier is not None)
     if float(reduce_sum(torch.tensor([1.0 if usable else 0.0], dtype=torch.float64))[0]) > 0:
@@ -166,8 +170,9 @@ def _prepare(settings: EvalSettings, sources, extractor, reference, classifier):
                              "or embedded name)")
         reference = open_reference(settings.reference)
     if tuple(reference.image_shape) != image_shape:
-        raise ReferenceDataError(f"reference {reference.name} holds images of shape {tuple(reference.image_shape)}, "
-                             f"but the models generate {image_shape}: a mismatched reference")
+        raise ReferenceDataError(
+            f"reference {reference.name} holds images of shape {tuple(reference.image_shape)}, "
+            f"but the models generate {image_shape}: a mismatched reference")
     mode_classifier = classifier if image_shape == (3, 32, 32) else None
     return checkpoint, sources, extractor, reference, mode_classifier
 
@@ -245,8 +250,9 @@ def preflight(settings: EvalSettings) -> None:
                          "or embedded name)")
     reference = open_reference(settings.reference)
     if tuple(reference.image_shape) != checkpoint.image_shape:
-        raise ReferenceDataError(f"reference {reference.name} holds images of shape {tuple(reference.image_shape)}, "
-                             f"but {checkpoint.root} generates {checkpoint.image_shape}: a mismatched reference")
+        raise ReferenceDataError(
+            f"reference {reference.name} holds images of shape {tuple(reference.image_shape)}, "
+            f"but {checkpoint.root} generates {checkpoint.image_shape}: a mismatched reference")
     if settings.features == "inception":
         from distdiff.eval.inception_weights import resolve_inception_weights
 

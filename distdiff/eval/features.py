@@ -101,7 +101,7 @@ class InceptionFeatures:
         return torch.cat(out) if out else torch.zeros(0, INCEPTION_DIM, device=self.device)
 
 
-def _state_digest(module: torch.nn.Module) -> str:
+def state_digest(module: torch.nn.Module) -> str:
     """A short hash of a module's parameters and buffers, to tell weights apart in cache keys."""
     h = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
@@ -134,7 +134,7 @@ class MnistClassifierFeatures:
         self.channels = channels
         self.batch_size = batch_size
         self.feature_dim = channels * classifier.feature_dim
-        self.name = f"mnist-classifier-{_state_digest(classifier)}-c{channels}"
+        self.name = f"mnist-classifier-{state_digest(classifier)}-c{channels}"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = DEFAULT_K)
         {"precision": float, "recall": float}.
     """
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"feature sets must be (N, D) with the same D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+        raise ValueError(
+            f"feature sets must be (N, D) with the same D, got {tuple(real.shape)} and {tuple(fake.shape)}")
     real, fake = real.float(), fake.float()
     precision = fraction_inside(fake, real, knn_radii(real, k))
     recall = fraction_inside(real, fake, knn_radii(fake, k))

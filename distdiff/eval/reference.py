@@ -54,7 +54,8 @@ class ArrayReference:
     def __init__(self, images: np.ndarray, name: str = "arrays"):
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise ReferenceDataError(f"reference {name}: expected uint8 (N, C, H, W) images, got {images.dtype} {images.shape}")
+            raise ReferenceDataError(
+                f"reference {name}: expected uint8 (N, C, H, W) images, got {images.dtype} {images.shape}")
         self.images, self.name = images, name
         digest = hashlib.sha256(str(images.shape).encode())
         digest.update(np.ascontiguousarray(images).tobytes())
@@ -112,10 +113,12 @@ class ShardReference:
         except Exception as err:  # noqa: BLE001
             raise ReferenceDataError(f"reference shard {url} unreadable: {err}") from err
         if hashlib.sha256(content).hexdigest() != info.sha256:
-            raise ReferenceDataError(f"reference shard {url} fails its sha256 checksum: the dataset changed or is damaged")
+            raise ReferenceDataError(
+                f"reference shard {url} fails its sha256 checksum: the dataset changed or is damaged")
         samples, error = parse_tar(content, url)
         if len(samples) < info.num_samples:
-            raise ReferenceDataError(f"reference shard {url} has {len(samples)} of {info.num_samples} samples ({error})")
+            raise ReferenceDataError(
+                f"reference shard {url} has {len(samples)} of {info.num_samples} samples ({error})")
         try:
             return np.stack([decode_image(s, self.manifest.meta) for s in samples[: info.num_samples]])
         except Exception as err:  # noqa: BLE001
@@ -160,5 +163,6 @@ def open_reference(spec: str):
     if spec == EMBEDDED_MNIST or spec.split(":")[0] == EMBEDDED_STACKED:
         return _embedded(spec)
     if spec.startswith("embedded-"):
-        raise ReferenceDataError(f"unknown embedded reference {spec!r}; known: {EMBEDDED_MNIST}, {EMBEDDED_STACKED}[:NUM[:SEED]]")
+        raise ReferenceDataError(
+            f"unknown embedded reference {spec!r}; known: {EMBEDDED_MNIST}, {EMBEDDED_STACKED}[:NUM[:SEED]]")
     return ShardReference(spec)

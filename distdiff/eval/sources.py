@@ -1,9 +1,9 @@
 """Sample sources: what the evaluator draws images from, one seed per global sample index.
 
 A source has `key` (short, file-name safe), `label` (the table's model column), `nfe` (network
-evaluations per sample of the denoiser, the VAE decode not counted) and
-`image_shape` (C, H, W) and `generate(indices, seeds) -> (B, C, H, W) in [-1, 1]`, where sample `indices[j]` must depend only on
-`seeds[j]` (per-sample generators), never on the batch it was drawn in. Tests plug in synthetic
+evaluations per sample of the denoiser, the VAE decode not counted), `image_shape` (C, H, W) and
+`generate(indices, seeds) -> (B, C, H, W) in [-1, 1]`, where sample `indices[j]` must depend only
+on `seeds[j]` (per-sample generators), never on the batch it was drawn in. Tests plug in synthetic
 sources with the same members.
 """
 
