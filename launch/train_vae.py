@@ -1,8 +1,11 @@
 """train-vae: see `python launch/train_vae.py --help`."""
 
 import sys
+from pathlib import Path
 
-from distdiff.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from distdiff.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["train-vae", *sys.argv[1:]]))
