@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="path stem: writes OUT.safetensors and OUT.json")
     parser.add_argument("--num-train", type=int, default=4000)
     parser.add_argument("--num-test", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-accuracy", type=float, default=0.98, help="exit 1 when held-out accuracy is lower")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -110,6 +111,9 @@ def test_mode_counting_on_a_sampler_with_exactly_k_modes(quick_classifier):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DISTDIFF_FULL_CLASSIFIER_TEST"),
+                    reason="full training takes 1-5 min on 2 cores; set DISTDIFF_FULL_CLASSIFIER_TEST=1 "
+                           "(or run launch/train_classifier.py, which exits 1 below 98%)")
 def test_full_classifier_reaches_98_percent(tmp_path):
     metrics = train_embedded_classifier(tmp_path / "cls", log=None)
     assert metrics["num_train"] == 4000 and metrics["num_test"] == 1000

@@ -111,7 +111,7 @@ def _random_affine(x: torch.Tensor, generator: torch.Generator, max_degrees: flo
 def train_mnist_classifier(
     images: np.ndarray,
     labels: np.ndarray,
-    epochs: int = 12,
+    epochs: int = 20,
     batch_size: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
@@ -255,7 +255,7 @@ def load_classifier(stem: str | Path) -> tuple[MnistClassifier, dict]:
     return model.eval(), meta
 
 
-def train_embedded_classifier(out: str | Path, num_train: int = 4000, num_test: int = 1000, epochs: int = 12,
+def train_embedded_classifier(out: str | Path, num_train: int = 4000, num_test: int = 1000, epochs: int = 20,
                               seed: int = 0, width: int = 16, log=print) -> dict:
     """Train on the embedded MNIST, measure held-out accuracy, save to `out`.
 
