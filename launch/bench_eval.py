@@ -6,10 +6,13 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
-from distdiff.eval.bench import run_benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from distdiff.eval.bench import run_benchmark  # noqa: E402
 
 
 def main(argv=None) -> int:

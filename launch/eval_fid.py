@@ -7,8 +7,11 @@ See `python launch/eval_fid.py --help`.
 """
 
 import sys
+from pathlib import Path
 
-from distdiff.launchers.ray_eval import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from distdiff.launchers.ray_eval import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

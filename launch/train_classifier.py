@@ -6,8 +6,11 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from distdiff.eval.classifier import train_embedded_classifier
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from distdiff.eval.classifier import train_embedded_classifier  # noqa: E402
 
 
 def main(argv=None) -> int:
