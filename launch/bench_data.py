@@ -55,9 +55,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-workers", type=int, default=2, help="loader workers of the one rank measured")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating local/S3 rounds; medians reported")
-    parser.add_argument("--image-epochs", type=int, default=3, help="epochs of the 5,000 images per measurement")
-    parser.add_argument("--latent-epochs", type=int, default=20, help="epochs of the 5,000 latents per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="paired local/S3 rounds; medians reported")
+    parser.add_argument("--image-epochs", type=int, default=2, help="epochs of the 5,000 images per measurement")
+    parser.add_argument("--latent-epochs", type=int, default=10, help="epochs of the 5,000 latents per measurement")
     parser.add_argument("--vae", help="exported VAE weights for the latents (default: 4x average pooling)")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
     parser.add_argument("--device", default="cpu", help="device of the training step (e.g. cuda)")
@@ -71,6 +71,9 @@ def main() -> None:
         r = results[kind]
         print(f"{kind:8s} local {r['local_samples_per_s']:9.0f} samples/s   S3 {r['s3_samples_per_s']:9.0f} samples/s"
               f"   S3/local {r['s3_over_local']:.3f} (target >= 0.9)")
+        cpu = r["cpu_seconds_per_1000_samples"]
+        print(f"{'':8s} CPU-s per 1000 samples: reader local {cpu['local_reader']:.3f}, reader S3 "
+              f"{cpu['s3_reader']:.3f}, S3 server {cpu['s3_server']:.3f} (the server shares these cores)")
     if "train_step_samples_per_s" in results:
         print(f"stage-2 training step consumes {results['train_step_samples_per_s']:.0f} samples/s; latent stream "
               f"from S3 / training = {results['latent_stream_over_train']:.1f}x (target >= 20x)")

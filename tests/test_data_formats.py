@@ -175,3 +175,17 @@ def test_embedded_mnist_round_trip(tmp_path):
     ref_images, ref_labels = load_embedded_mnist()
     np.testing.assert_array_equal(images, ref_images[:40])
     np.testing.assert_array_equal(labels, ref_labels[:40])
+
+
+def test_make_shards_command(tmp_path, capsys, mnist_folder):
+    from distdiff.data.cli import main
+
+    folder = mnist_folder[0]
+    dest = str(tmp_path / "cli")
+    assert main(["images", "--format", "mnist", "--input", str(folder), "--dest", dest, "--shard-size", "10"]) == 0
+    assert '"samples": 30' in capsys.readouterr().out
+    assert main(["check", "--source", dest, "--world-size", "2", "--num-workers", "1"]) == 0
+    assert main(["check", "--source", dest, "--world-size", "4", "--num-workers", "1"]) == 2
+    assert "readers" in capsys.readouterr().err
+    assert main(["images", "--format", "mnist", "--input", str(folder), "--dest", dest]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err

@@ -9,6 +9,7 @@ the median of the rounds is reported.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -31,15 +32,28 @@ class BenchSettings:
     batch_size: int = 64
     num_workers: int = 2
     shard_size: int = 500
-    image_epochs: int = 3
-    latent_epochs: int = 20
-    rounds: int = 3
+    image_epochs: int = 2
+    latent_epochs: int = 10
+    rounds: int = 5
     vae_weights: str | None = None  # encode latents with this VAE instead of the pooling stand-in
     workdir: str | None = None
 
 
-def stream_rate(source: str, settings: BenchSettings, epochs: int) -> float:
-    """Samples per second of one rank reading `epochs` epochs (clock starts at the first batch)."""
+def _cpu_seconds(pid: int | None = None) -> float:
+    """CPU time of this process and its reaped children (loader workers), or of another process."""
+    if pid is not None:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def stream_rate(source: str, settings: BenchSettings, epochs: int) -> tuple[float, int]:
+    """Samples per second of one rank reading `epochs` epochs (clock starts at the first batch).
+
+    Returns:
+        (samples/s, samples timed).
+    """
     stream = build_stream(source, settings.batch_size, 0, 1, seed=0, num_workers=settings.num_workers,
                           epochs=epochs)
     it = iter(stream)
@@ -47,19 +61,36 @@ def stream_rate(source: str, settings: BenchSettings, epochs: int) -> float:
     start, samples = time.perf_counter(), 0
     for batch in it:
         samples += len(batch["label"])
-    return samples / (time.perf_counter() - start)
+    return samples / (time.perf_counter() - start), samples
 
 
-def compare_rates(local: str, remote: str, settings: BenchSettings, epochs: int) -> dict:
-    """Median samples/s from local disk and from S3 over alternating rounds, and their ratio."""
-    rates = {"local": [], "s3": []}
+def compare_rates(local: str, remote: str, settings: BenchSettings, epochs: int, server_pid: int | None = None
+                  ) -> dict:
+    """Samples/s from local disk and from S3 in alternating rounds, and the S3/local ratio.
+
+    On a shared machine the rate drifts with other load, so each round pairs a local and an S3
+    run back to back and the ratio reported is the median of the per-round ratios. CPU time per
+    1,000 samples (reader process + loader workers, and the S3 server, which here shares the same
+    cores) is reported as a load-independent view of the cost.
+    """
+    rates, ratios = {"local": [], "s3": []}, []
+    cpu = {"local_reader": 0.0, "s3_reader": 0.0, "s3_server": 0.0}
+    samples = {"local": 0, "s3": 0}
     for round_index in range(settings.rounds):
         order = [("local", local), ("s3", remote)] if round_index % 2 == 0 else [("s3", remote), ("local", local)]
         for name, source in order:
-            rates[name].append(stream_rate(source, settings, epochs))
-    local_rate, s3_rate = statistics.median(rates["local"]), statistics.median(rates["s3"])
-    return {"local_samples_per_s": local_rate, "s3_samples_per_s": s3_rate, "s3_over_local": s3_rate / local_rate,
-            "rounds": rates}
+            reader, server = _cpu_seconds(), _cpu_seconds(server_pid) if server_pid else 0.0
+            rate, count = stream_rate(source, settings, epochs)
+            rates[name].append(rate)
+            samples[name] += count
+            cpu[f"{name}_reader"] += _cpu_seconds() - reader
+            if name == "s3" and server_pid:
+                cpu["s3_server"] += _cpu_seconds(server_pid) - server
+        ratios.append(rates["s3"][-1] / rates["local"][-1])
+    per_1000 = {key: 1000 * value / samples[key.split("_")[0]] for key, value in cpu.items()}
+    return {"local_samples_per_s": statistics.median(rates["local"]),
+            "s3_samples_per_s": statistics.median(rates["s3"]), "s3_over_local": statistics.median(ratios),
+            "round_ratios": ratios, "rounds": rates, "cpu_seconds_per_1000_samples": per_1000}
 
 
 def step_rate(step: Callable[[dict], None], batch: dict, warmup: int = 2, steps: int = 3) -> float:
@@ -107,9 +138,10 @@ def run_data_benchmark(settings: BenchSettings, make_train_step: Callable[[dict]
         try:
             places = prepare_datasets(server, Path(tmp), settings)
             results = {
-                "images": compare_rates(places["image_local"], places["image_s3"], settings, settings.image_epochs),
+                "images": compare_rates(places["image_local"], places["image_s3"], settings,
+                                        settings.image_epochs, server.process.pid),
                 "latents": compare_rates(places["latent_local"], places["latent_s3"], settings,
-                                         settings.latent_epochs),
+                                         settings.latent_epochs, server.process.pid),
             }
             if make_train_step is not None:
                 batch = next(iter(build_stream(places["latent_local"], settings.batch_size, 0, 1, seed=0)))

@@ -1,8 +1,8 @@
 """Latent shards: image shards encoded once by a trained VAE, so LDM and DDGAN training skip the encoder.
 
 Latent shard i holds the samples of image shard i, in the same order and under the same keys:
-`key.npy` = float32 (2, c, h, w) stacking the posterior mean and log-variance, `key.cls` the
-label, `key.json` the source key. Work is cut by shard, so any map function can run it: a plain
+`key.npy` = float32 (2, c, h, w) stacking the posterior mean and log-variance, and `key.cls` the
+label (the key is the source image's key). Work is cut by shard, so any map function can run it: a plain
 loop here, Ray tasks in `distdiff.launchers.ray_encode`.
 """
 
@@ -108,7 +108,7 @@ def encode_shard(source: str, manifest: Manifest, index: int, dest: str, encoder
         means.append(mean.float().cpu().numpy())
         logvars.append(logvar.float().cpu().numpy())
     mean, logvar = np.concatenate(means), np.concatenate(logvars)  # (n, c, h, w) each
-    data = build_tar([(k, latent_sample(mean[i], logvar[i], labels[i], {"source_key": k})) for i, k in enumerate(keys)])
+    data = build_tar([(k, latent_sample(mean[i], logvar[i], labels[i])) for i, k in enumerate(keys)])
     storage.write_bytes(storage.join(dest, info.name), data)
     shard = ShardInfo(info.name, len(keys), len(data), hashlib.sha256(data).hexdigest())
     return {"index": index, "shard": vars(shard), "latent_shape": list(mean.shape[1:]), "skipped": skipped}

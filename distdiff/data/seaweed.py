@@ -8,7 +8,6 @@ of the caller's choosing and survives `restart()`, which is what a fault-injecti
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -180,8 +179,3 @@ class SeaweedServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def server_env_snapshot() -> dict[str, str | None]:
-    """The AWS variables of this process, to restore after pointing them at a test server."""
-    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_PROFILE")
-    return {name: os.environ.get(name) for name in names}

@@ -98,20 +98,23 @@ def _chain_fingerprint() -> str:
     return hashlib.sha256("\0".join(os.environ.get(n, "") for n in names).encode()).hexdigest()
 
 
-def s3_client():
-    """A boto3 S3 client from the standard AWS chain, cached per process and environment.
+def s3_client(attempts: int = 3):
+    """A boto3 S3 client from the standard AWS chain, cached per process, environment and retry count.
+
+    `attempts` is botocore's own retry budget; the resumable reader asks for 1 and runs its own
+    backoff, so that an outage is waited out on one predictable schedule.
 
     Clients never cross a fork (their connection pools would be shared), but the session does:
     a loader worker forked after the parent made its client builds its own in ~10 ms instead of
     re-reading botocore's service models (~0.2-1 s of CPU per worker).
     """
     chain = _chain_fingerprint()
-    key = (os.getpid(), chain)
+    key = (os.getpid(), chain, attempts)
     with _clients_lock:
         if key not in _clients:
             if chain not in _sessions:
                 _sessions[chain] = boto3.session.Session()
-            config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
+            config = Config(retries={"total_max_attempts": attempts, "mode": "standard"}, connect_timeout=5,
                             read_timeout=30, max_pool_connections=16)
             _clients[key] = _sessions[chain].client("s3", config=config)
         return _clients[key]
@@ -159,7 +162,7 @@ class S3ObjectReader(io.RawIOBase):
         super().__init__()
         self.url, self.retry = url, retry
         self.bucket, self.key = split_s3(url)
-        self.client = client or s3_client()
+        self.client = client or s3_client(attempts=1)
         self.pos, self.size, self.etag = 0, None, None
         self.retries = 0  # failed attempts that were retried (reconnects included)
         self._body = None
@@ -216,11 +219,11 @@ class S3ObjectReader(io.RawIOBase):
         return len(data)
 
     def read_all(self, chunk: int = 8 << 20) -> bytes:
-        """The rest of the object, in large chunks (no intermediate buffer copies)."""
+        """The rest of the object, in large reads (urllib3's own reads beat readinto here)."""
         parts = []
         while data := self.read_chunk(chunk):
             parts.append(data)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _drop_body(self) -> None:
         try:

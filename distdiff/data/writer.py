@@ -47,9 +47,16 @@ def image_sample(image: np.ndarray, label: int, extra: dict | None = None) -> di
 
 
 def latent_sample(mean: np.ndarray, logvar: np.ndarray, label: int, extra: dict | None = None) -> dict[str, bytes]:
-    """The tar members of one latent sample: npy (2, c, h, w) float32 = [mean, logvar], cls, json."""
+    """The tar members of one latent sample: npy (2, c, h, w) float32 = [mean, logvar], cls (+ json if extra).
+
+    The json member is optional here because a tar member costs at least 1 KiB (header + padding),
+    as much as half of a small latent sample; the key already names the source image.
+    """
     stacked = np.stack([mean, logvar]).astype(np.float32)  # (2, c, h, w)
-    return {"npy": encode_npy(stacked), "cls": str(int(label)).encode(), "json": json.dumps(extra or {}).encode()}
+    members = {"npy": encode_npy(stacked), "cls": str(int(label)).encode()}
+    if extra:
+        members["json"] = json.dumps(extra).encode()
+    return members
 
 
 def build_tar(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
