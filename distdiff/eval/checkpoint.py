@@ -3,14 +3,15 @@
 The trainer writes `<run>/ldm/export/` holding `export.json` (models present, schedules, shapes),
 the raw and EMA weights (`unet`, `unet_ema`, `ddgan_generator`, `ddgan_generator_ema`, each as
 `.safetensors` + `.json`) and, for latent space, a copy of the VAE. An `s3://` export is first
-copied into the local cache (only export.json and the files the evaluation needs).
+copied into a temporary folder (only export.json and the files the evaluation needs).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -59,29 +60,21 @@ def _resolve_root(path: str) -> str:
         "export did not finish (export.json is written after the weights)")
 
 
-def _local_copy(root: str, names: list[str]) -> Path:
-    """Local folder holding `names` of an export (the folder itself when local)."""
+def _local_copy(root: str, names: list[str], local: Path | None) -> Path:
+    """Local folder holding `names` of an export: the folder itself when local, else `local`.
+
+    S3 exports are copied afresh for every evaluation (into a private temporary folder): a
+    re-export under the same prefix has same-sized weights, so a size-checked cache could go stale.
+    """
     if not _is_s3(root):
         return Path(root)
     from distdiff.data import storage
-    from distdiff.eval.inception_weights import cache_dir
 
-    local = cache_dir() / "exports" / hashlib.sha256(root.encode()).hexdigest()[:16]
-    local.mkdir(parents=True, exist_ok=True)
     for name in names:
         target = local / name
-        if not target.is_file() or name == EXPORT_FILE:  # export.json may have been rewritten
+        if not target.is_file():
             target.write_bytes(storage.read_bytes(_join(root, name)))
     return local
-
-
-@dataclass
-class ExportedModel:
-    """One model ready to sample: which weights, and the loaded module."""
-
-    kind: str  # "ldm" or "ddgan"
-    weights: str  # e.g. "unet_ema"
-    module: torch.nn.Module
 
 
 class EvalCheckpoint:
@@ -97,7 +90,11 @@ class EvalCheckpoint:
         if unknown:
             raise CheckpointError(f"unknown model(s) {unknown}; valid: {sorted(MODEL_WEIGHTS)}")
         self.root = _resolve_root(str(path))
-        meta_dir = _local_copy(self.root, [EXPORT_FILE])
+        self._tmp = None
+        if _is_s3(self.root):
+            self._tmp = Path(tempfile.mkdtemp(prefix="distdiff-export-"))
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)  # removed with this object
+        meta_dir = _local_copy(self.root, [EXPORT_FILE], self._tmp)
         self.meta = self._read_meta(meta_dir / EXPORT_FILE)
         self.weights = {kind: self._pick_weights(kind) for kind in models}
         needed = [n + ext for n in self.weights.values() for ext in (".safetensors", ".json")]
@@ -106,7 +103,7 @@ class EvalCheckpoint:
         missing = [n for n in needed if not _exists(_join(self.root, n))]
         if missing:
             raise CheckpointError(f"partial checkpoint {self.root}: missing {', '.join(missing)}")
-        self.local_dir = _local_copy(self.root, needed)
+        self.local_dir = _local_copy(self.root, needed, self._tmp)
 
     def _read_meta(self, path: Path) -> dict:
         where = _join(self.root, EXPORT_FILE)
