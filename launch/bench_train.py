@@ -1,6 +1,6 @@
 """Training throughput: distdiff on Ray + DeepSpeed + streaming against a plain PyTorch loop.
 
-    python launch/bench_train.py                 # small presets, batch 16, 30 measured steps
+    python launch/bench_train.py                 # small presets, batch 16, 20 measured steps
     python launch/bench_train.py --preset tiny --steps 20
 """
 
@@ -15,8 +15,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", help="U-Net and DDGAN preset (tiny, small, ...)")
     parser.add_argument("--batch", type=int, default=16, help="samples per worker per step")
-    parser.add_argument("--steps", type=int, default=30, help="measured steps")
-    parser.add_argument("--warmup", type=int, default=5, help="steps excluded from the timing")
+    parser.add_argument("--steps", type=int, default=20, help="measured steps")
+    parser.add_argument("--warmup", type=int, default=4, help="steps excluded from the timing")
     parser.add_argument("--out", help="folder for shards and runs (default: a temporary folder)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 2-worker measurement")
     parser.add_argument("--json", help="also write the figures to this file")

@@ -104,7 +104,7 @@ def _worker_env() -> dict:
     if not installed and not job_env.get("working_dir"):
         # A source checkout run in place: point the workers at it (same machine or shared disk).
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
-    return {"env_vars": env, "worker_process_setup_hook": "distdiff.train.preemption.install_worker_handlers"}
+    return {"env_vars": env}
 
 
 def _prepare_elastic_resume(checkpoints: Storage, cfg: RunConfig) -> None:
@@ -230,7 +230,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
     vae = train_vae(cfg)
     if vae.get("preempted"):
         return {"stages": {"vae": vae}, "preempted": True}
-    ldm = train_ldm(cfg) if not vae.get("preempted") else {}
+    ldm = _fit(cfg, "ldm", time_samplers=True)  # times the samplers for summary.json
     if ldm.get("preempted"):
         return {"stages": {"vae": vae, "ldm": ldm}, "preempted": True}
     sampling = ldm.pop("sampling", {})
@@ -313,9 +313,10 @@ def _train_worker(config: dict) -> None:
     stage, storage = config["stage"], config["storage"]
     torch.set_num_threads(cfg.distributed.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.distributed.use_gpu else torch.device("cpu")
-    keep = (cfg.stage1 if stage == "vae" else cfg.stage2).keep_checkpoints
-    ctx = RayContext(storage.child(cfg.name, stage, "checkpoints"), device, keep, config["run_id"],
-                     _stage_outputs(cfg, stage, storage), events=run_dir(cfg) / stage / "events.jsonl")
+    stage_cfg = cfg.stage1 if stage == "vae" else cfg.stage2
+    ctx = RayContext(storage.child(cfg.name, stage, "checkpoints"), device, stage_cfg.keep_checkpoints,
+                     config["run_id"], _stage_outputs(cfg, stage, storage), events=run_dir(cfg) / stage / "events.jsonl",
+                     drain_poll_every=stage_cfg.log_every)
     resume = ctx.resolve_resume()
     universal = frozenset()
     if resume is not None:

@@ -1,8 +1,9 @@
 """Preemption notices: SIGUSR1 asks for a checkpoint now, SIGTERM for a checkpoint and a clean stop.
 
 A signal handler only sets a flag; the training loop polls it once per step (`poll`), where a
-checkpoint can be written safely. Under Ray the flag of every rank (and the driver's, forwarded
-through the cluster) is combined by the context, so all ranks save at the same step.
+checkpoint can be written safely. Under Ray the signals go to the driver (the process a scheduler
+or `ray job stop` signals), which forwards them through the cluster; the Ray context combines that
+request with Ray's own node-drain notice over all ranks, so every rank saves at the same step.
 """
 
 from __future__ import annotations
@@ -67,12 +68,3 @@ def install_handlers(sigterm: bool = True) -> dict:
 def restore_handlers(previous: dict) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
-
-
-def install_worker_handlers() -> None:
-    """Setup hook for Ray worker processes: SIGUSR1 requests a checkpoint.
-
-    SIGTERM stays Ray's (it is how Ray shuts a worker down); a SIGTERM preemption notice reaches
-    the run through the driver, which forwards it to the workers.
-    """
-    install_handlers(sigterm=False)

@@ -53,10 +53,13 @@ class RayContext:
             the metrics log: {local path: storage path}.
         events: rank 0 appends one JSON line per resume here (which checkpoint, which step, how many
             workers), so restarts stay visible after the fact.
+        drain_poll_every: ask Ray every this many steps whether a node of the run is being drained
+            (preempted); the answer is a collective, so it is not asked every step.
     """
 
     def __init__(self, checkpoints: Storage, device: torch.device, keep: int, run_id: str,
-                 sync_dirs: dict[Path, Storage] | None = None, events: Path | None = None):
+                 sync_dirs: dict[Path, Storage] | None = None, events: Path | None = None,
+                 drain_poll_every: int = 0):
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -71,6 +74,9 @@ class RayContext:
         self._resume_resolved = False
         self._driver_request: str | None = None
         self._next_kv_poll = 0.0
+        self.drain_poll_every = drain_poll_every
+        self._polls = 0
+        self._drain_seen = False
 
     # -- resume ----------------------------------------------------------------------------------
 
@@ -159,9 +165,20 @@ class RayContext:
         if self.world_size > 1:
             dist.barrier()
 
+    def _drain_notice(self) -> str | None:
+        """SAVE once when Ray reports that a node of this run is being drained (spot reclaim etc.)."""
+        self._polls += 1
+        if not self.drain_poll_every or self._polls % self.drain_poll_every or self._drain_seen:
+            return None
+        if ray.train.get_preemption_info() is None:  # a collective: same call count on every rank
+            return None
+        self._drain_seen = True
+        return preemption.SAVE
+
     def poll_preemption(self) -> str | None:
-        """This rank's signal, or the driver's forwarded one, combined over all ranks."""
-        local = preemption.poll()
+        """A preemption request, the same on every rank: this process's signal, the driver's
+        forwarded SIGTERM / SIGUSR1, or Ray's node-drain notice (a checkpoint, training goes on)."""
+        local = preemption.strongest([preemption.poll(), self._drain_notice()])
         if self.rank == 0 and time.monotonic() >= self._next_kv_poll:
             self._next_kv_poll = time.monotonic() + KV_POLL_INTERVAL_S
             request = _read_driver_request(self.run_id)
