@@ -155,8 +155,8 @@ class RunConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
     ddgan: DDGANConfig = field(default_factory=DDGANConfig)
-    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=1500, batch_size=64))
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=3000, batch_size=128))
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=400, batch_size=64))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=800, batch_size=64))
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
