@@ -108,32 +108,31 @@ def _worker_env() -> dict:
 
 
 def _prepare_elastic_resume(checkpoints: Storage, cfg: RunConfig) -> None:
-    """Convert the newest complete checkpoint to universal form when this run's layout differs."""
-    from distdiff.train.universal import (
-        UNIVERSAL_MARKER,
-        convert_checkpoint,
-        engine_dirs,
-        engines_needing_universal,
-        has_universal,
-    )
+    """Convert the newest complete checkpoint to universal form when this run's layout differs.
+
+    Only the small per-engine `deepspeed.json` files are read unless a conversion is needed, so an
+    ordinary resubmission costs a few requests.
+    """
+    from distdiff.train.deepspeed_engines import ENGINE_META
+    from distdiff.train.universal import UNIVERSAL_MARKER, convert_checkpoint, engine_dirs, universal_engines
 
     name = checkpoints.latest_complete()
     if name is None or checkpoints.exists(name, UNIVERSAL_MARKER):
         return
+    engines = checkpoints.child(name, "engines")
+    metas = {e: json.loads(engines.read_text(e, ENGINE_META)) for e in engines.list_dirs()}
+    if not universal_engines(metas, cfg.distributed.num_workers, cfg.distributed.zero_stage, cfg.precision == "bf16"):
+        return
+    print(f"converting {checkpoints.uri}/{name} to a universal checkpoint for "
+          f"{cfg.distributed.num_workers} worker(s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="distdiff-universal-") as tmp:
         local = checkpoints.download(name, Path(tmp) / name, skip=("universal",))
-        needed = engines_needing_universal(local, cfg.distributed.num_workers, cfg.distributed.zero_stage,
-                                           cfg.precision == "bf16")
-        if not needed or has_universal(local):
-            return
-        print(f"converting {checkpoints.uri}/{name} to a universal checkpoint for "
-              f"{cfg.distributed.num_workers} worker(s)", flush=True)
         convert_checkpoint(local)
         for directory in engine_dirs(local):
             if (directory / "universal").is_dir():
                 checkpoints.upload(directory / "universal", f"{name}/engines/{directory.name}/universal")
-        # The marker goes last: a crash mid-upload leaves a conversion that is simply redone.
-        checkpoints.write_text("converted\n", name, UNIVERSAL_MARKER)
+    # The marker goes last: a crash mid-upload leaves a conversion that is simply redone.
+    checkpoints.write_text("converted\n", name, UNIVERSAL_MARKER)
 
 
 class _SignalForwarder:

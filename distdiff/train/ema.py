@@ -37,7 +37,9 @@ class EMA:
     def __init__(self, module: nn.Module, decay: float):
         self.decay = decay
         self.num_updates = 0
-        self.model = _full_copy(module).eval().requires_grad_(False)
+        # fp32 even when the network trains in bf16 (DeepSpeed casts it): small updates must not
+        # vanish in bf16 rounding, and samplers and exports expect fp32 weights.
+        self.model = _full_copy(module).float().eval().requires_grad_(False)
 
     def current_decay(self) -> float:
         """The decay used by the next update."""

@@ -33,15 +33,24 @@ def engine_dirs(checkpoint: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def engines_needing_universal(checkpoint: Path, world_size: int, zero_stage: int, bf16: bool) -> frozenset[str]:
-    """Names of the engines of `checkpoint` that cannot be loaded directly at this layout.
+def universal_engines(metas: dict[str, dict], world_size: int, zero_stage: int, bf16: bool) -> frozenset[str]:
+    """Names of the engines (given their saved `deepspeed.json`) that cannot load directly at this layout.
 
     Args:
-        checkpoint: a local checkpoint folder.
+        metas: engine name -> the world size / ZeRO stage / precision it was saved with.
         world_size, zero_stage, bf16: the layout of the run about to resume.
+
+    Raises:
+        CheckpointError: for a layout change DeepSpeed cannot restore exactly.
     """
-    return frozenset(d.name for d in engine_dirs(checkpoint)
-                     if needs_universal(read_engine_meta(d), world_size, engine_zero_stage(d.name, zero_stage), bf16))
+    return frozenset(name for name, meta in metas.items()
+                     if needs_universal(meta, world_size, engine_zero_stage(name, zero_stage), bf16))
+
+
+def engines_needing_universal(checkpoint: Path, world_size: int, zero_stage: int, bf16: bool) -> frozenset[str]:
+    """`universal_engines` for a local checkpoint folder."""
+    metas = {d.name: read_engine_meta(d) for d in engine_dirs(checkpoint)}
+    return universal_engines(metas, world_size, zero_stage, bf16)
 
 
 def convert_engine(directory: Path, timeout_s: float = 3600) -> Path:
