@@ -90,7 +90,8 @@ def _connect(cfg: RunConfig) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     needed = cfg.distributed.num_workers * cfg.distributed.cpus_per_worker
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False)
+    # The dashboard stays on: Ray Train's controller watchdog queries actor state through it.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed))
 
 
 def _worker_env() -> dict:
@@ -234,7 +235,9 @@ def run_pipeline(cfg: RunConfig) -> dict:
         return {"stages": {"vae": vae, "ldm": ldm}, "preempted": True}
     sampling = ldm.pop("sampling", {})
     summary = write_summary(directory / "summary.json", {"vae": vae, "ldm": ldm}, sampling)
-    open_storage(_absolute(cfg)).child(cfg.name).upload(directory / "summary.json", "summary.json")
+    remote = open_storage(_absolute(cfg)).child(cfg.name)
+    if remote.is_s3 or Path(remote.root) != directory:
+        remote.upload(directory / "summary.json", "summary.json")
     print(f"summary written to {directory / 'summary.json'}", flush=True)
     return summary
 

@@ -42,8 +42,9 @@ def write_mnist_shards(dest: Path) -> str:
     return str(dest)
 
 
-def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> float:
-    """Steps/s of a bare loop: same networks and task, torch optimizers, batches already in memory."""
+def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, float]:
+    """Steps per wall second and per CPU second of a bare loop: same networks and task, torch
+    optimizers, batches already in memory."""
     from distdiff.launchers.local import torch_engine_factory
     from distdiff.tasks import DDGANTask, JointLatentTask, LatentSource, LDMTask
     from distdiff.train.context import LocalContext
@@ -60,24 +61,26 @@ def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> float:
     stream = iter(build_source_stream(DataConfig(source="embedded-mnist"), cfg.stage2.batch_size, 0, 1, cfg.seed))
     batches = [next(stream) for _ in range(8)]
     generator = torch.Generator().manual_seed(cfg.seed)
-    start = 0.0
+    start = cpu_start = 0.0
     for step in range(warmup + steps):
         if step == warmup:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
         task.step(batches[step % len(batches)], nets.engines, step, generator)
         for name, ema in nets.emas.items():
             ema.update(nets.engines[name].module)
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu_start)
 
 
-def distributed_rate(cfg: RunConfig) -> float:
-    """Steady-state images/s of a Ray + DeepSpeed run (median of the logging windows after the first)."""
+def distributed_rate(cfg: RunConfig) -> tuple[float, float]:
+    """Steady-state images per wall second and per CPU second of rank 0 in a Ray + DeepSpeed run
+    (medians of the logging windows after the first)."""
     from distdiff.launchers.ray import train_ldm
 
     train_ldm(cfg)
-    records = read_metrics(Path(cfg.output_dir) / cfg.name / "ldm" / "metrics.jsonl")
-    rates = [r["images_per_sec"] for r in records[1:]]
-    return statistics.median(rates)
+    records = read_metrics(Path(cfg.output_dir) / cfg.name / "ldm" / "metrics.jsonl")[1:]
+    wall = statistics.median(r["images_per_sec"] for r in records)
+    cpu = statistics.median(r["images_per_sec"] / r["cpu_util"] for r in records)
+    return wall, cpu
 
 
 def run_benchmark(preset: str = "small", batch: int = 16, steps: int = 20, warmup: int = 4, out: str | None = None,
@@ -102,17 +105,22 @@ def run_benchmark(preset: str = "small", batch: int = 16, steps: int = 20, warmu
     # The plain loop runs before and after the distributed runs and its faster pass counts, so a
     # burst of load from other processes during one pass does not flatter the distributed path.
     plain_before = plain_pytorch_rate(one, steps, warmup)
-    full = distributed_rate(one) / batch
-    results = {"preset": preset, "batch_per_worker": batch, "distributed_1w_steps_per_s": full}
+    wall, cpu = distributed_rate(one)
+    full, full_cpu = wall / batch, cpu / batch
+    results = {"preset": preset, "batch_per_worker": batch, "distributed_1w_steps_per_s": full,
+               "distributed_1w_steps_per_cpu_s": full_cpu}
     if scaling:
         two = bench_config(root, "bench-2w", preset, batch, total, warmup, source, 2)
-        images_two = distributed_rate(two)
-        results.update({"distributed_2w_images_per_s": images_two, "distributed_1w_images_per_s": full * batch,
-                        "scaling_2w_over_1w": images_two / (full * batch)})
+        images_two, images_two_cpu = distributed_rate(two)
+        results.update({"distributed_2w_images_per_s": images_two, "distributed_1w_images_per_s": wall,
+                        "scaling_2w_over_1w": images_two / wall,
+                        "scaling_2w_over_1w_cpu_normalized": images_two_cpu / cpu})
     plain_after = plain_pytorch_rate(one, steps, warmup)
-    plain = max(plain_before, plain_after)
-    results.update({"plain_steps_per_s": plain, "plain_passes_steps_per_s": [plain_before, plain_after],
-                    "overhead_ratio": full / plain, "cpu_cores": os.cpu_count(),
+    plain = max(plain_before[0], plain_after[0])
+    plain_cpu = max(plain_before[1], plain_after[1])
+    results.update({"plain_steps_per_s": plain, "plain_passes_steps_per_s": [plain_before[0], plain_after[0]],
+                    "plain_steps_per_cpu_s": plain_cpu, "overhead_ratio": full / plain,
+                    "overhead_ratio_cpu_time": full_cpu / plain_cpu, "cpu_cores": os.cpu_count(),
                     "load_average_start_end": [load_start, os.getloadavg()[0]]})
     _print(results)
     return results
@@ -127,7 +135,12 @@ def _print(results: dict) -> None:
     print(f"  plain PyTorch loop, in-memory batches : {results['plain_steps_per_s']:.3f} steps/s (passes: {passes})")
     print(f"  Ray + DeepSpeed + streaming, 1 worker : {results['distributed_1w_steps_per_s']:.3f} steps/s")
     print(f"  ratio (target >= 0.9)                 : {results['overhead_ratio']:.3f}")
+    print(f"  same per CPU second (the share of the cores each process got cancels out): "
+          f"{results['distributed_1w_steps_per_cpu_s']:.3f} vs {results['plain_steps_per_cpu_s']:.3f} steps, "
+          f"ratio {results['overhead_ratio_cpu_time']:.3f}")
     if "scaling_2w_over_1w" in results:
         print(f"  1 worker  : {results['distributed_1w_images_per_s']:.1f} images/s")
         print(f"  2 workers : {results['distributed_2w_images_per_s']:.1f} images/s")
         print(f"  scaling 2 workers / 1 worker (target >= 1.7): {results['scaling_2w_over_1w']:.3f}")
+        print(f"  same with each worker's rate per CPU second it got (removes what Ray's own processes and "
+              f"other load took): {results['scaling_2w_over_1w_cpu_normalized']:.3f}")

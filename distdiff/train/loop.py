@@ -100,13 +100,16 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
 
 
 class _Throughput:
-    """Images/s and the fraction of step time spent waiting for data, over a logging window."""
+    """Images/s, the fraction of step time spent waiting for data, and the CPU share this process
+    got (process CPU seconds per wall second: below the thread count when the machine is contended),
+    over a logging window."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
         self.images, self.busy, self.waiting, self.start = 0, 0.0, 0.0, time.perf_counter()
+        self.cpu_start = time.process_time()
 
     def add(self, images: int, wait: float, step_time: float):
         self.images += images
@@ -115,7 +118,8 @@ class _Throughput:
 
     def summary(self) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return {"images_per_sec": self.images / elapsed, "data_wait_frac": self.waiting / max(self.busy, 1e-9)}
+        return {"images_per_sec": self.images / elapsed, "data_wait_frac": self.waiting / max(self.busy, 1e-9),
+                "cpu_util": (time.process_time() - self.cpu_start) / elapsed}
 
 
 def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
