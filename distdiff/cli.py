@@ -18,7 +18,9 @@ DESCRIPTIONS = {
 }
 EPILOG = """overrides are dotted keys, e.g.  stage2.steps=500 ldm.preset=tiny data.source=s3://bucket/cifar10
 outputs go to <output_dir>/<name>/: config.yaml, vae/ and ldm/ (checkpoints/, samples/*.png,
-metrics.jsonl, tensorboard/, export/), and summary.json for the pipeline."""
+metrics.jsonl, tensorboard/, export/), and summary.json for the pipeline.
+exit status: 0 done, 2 bad config, 75 stopped early by SIGTERM after a checkpoint (run the same
+command again to resume), 1 any other failure."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,10 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> dict:
     return launcher.run_pipeline(cfg) if not args.local else launcher.run_pipeline_local(cfg)
 
 
+# EX_TEMPFAIL from sysexits.h: "try again later", the meaning of a preempted run.
+PREEMPTED_EXIT = 75
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `distdiff` command and of `launch/*.py`."""
     args = build_parser().parse_args(argv)
@@ -72,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_yaml(cfg), end="")
         print("config is valid (dry run: nothing was trained)")
         return 0
-    run(args, cfg)
+    result = run(args, cfg)
+    if result.get("preempted"):
+        # Saved and stopped early: a non-zero status tells schedulers (Slurm requeue, KubeRay, CI) that
+        # the job is unfinished; the same command resumes it.
+        return PREEMPTED_EXIT
     return 0
 
 

@@ -57,3 +57,13 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(RunConfig, None, ["stage2.steps"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml(tmp_path / "nope.yaml")
+
+
+def test_partial_nested_section_keeps_the_fields_defaults(tmp_path):
+    """Setting only the DDGAN's learning rate keeps its Adam betas (0.5, 0.9) and its no-clipping default."""
+    path = write(tmp_path, {"ddgan": {"g_optim": {"lr": 1e-3}}, "stage2": {"steps": 7}})
+    cfg = load_config(RunConfig, path, ["ddgan.d_optim.lr=2e-3"])
+    assert cfg.ddgan.g_optim.lr == 1e-3 and cfg.ddgan.g_optim.betas == (0.5, 0.9)
+    assert cfg.ddgan.d_optim.lr == 2e-3 and cfg.ddgan.d_optim.betas == (0.5, 0.9)
+    assert cfg.ddgan.g_optim.grad_clip == cfg.ddgan.d_optim.grad_clip == 0.0
+    assert cfg.stage2.steps == 7 and cfg.stage2.batch_size == RunConfig().stage2.batch_size

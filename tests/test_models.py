@@ -160,7 +160,7 @@ def test_down_and_upsample_shapes():
 
 # Spatial sizes that keep the large presets fast while respecting each one's downsampling.
 _IMAGE_SIZES = {
-    ("vae", "tiny"): 16, ("vae", "mnist-f4"): 32, ("vae", "kl-f4"): 16, ("vae", "kl-f8"): 16,
+    ("vae", "tiny"): 16, ("vae", "mnist-f4"): 32, ("vae", "mnist-f8"): 32, ("vae", "kl-f4"): 16, ("vae", "kl-f8"): 16,
     ("unet", "tiny"): 16, ("unet", "small"): 8, ("unet", "ddpm-cifar10"): 32, ("unet", "ldm-latent32"): 16,
     ("ddgan_generator", "tiny"): 8, ("ddgan_generator", "small"): 8,
     ("ddgan_generator", "ddgan-cifar10"): 16, ("ddgan_generator", "ddgan-celebahq256"): 32,

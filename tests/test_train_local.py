@@ -120,8 +120,45 @@ def test_cli_dry_run_and_clear_errors(tmp_path, capsys):
     assert "does not divide the 4x4 latents" in capsys.readouterr().err
     assert main(["train-vae", "--dry-run", "data.sorce=x"]) == 2
     assert "unknown key 'data.sorce'" in capsys.readouterr().err
+    # A checkpoint between two optimizer steps would lose the partly accumulated gradient.
+    assert main(["train-ldm", "--config", str(SMOKE), "--dry-run", "distributed.gradient_accumulation_steps=4"]) == 2
+    assert "stage2.steps=6 is not a multiple of distributed.gradient_accumulation_steps=4" in capsys.readouterr().err
+    assert main(["pipeline", "--config", str(SMOKE), "--dry-run", "ldm.ddim_steps=0"]) == 2
+    assert "ldm.ddim_steps" in capsys.readouterr().err
 
 
 def test_stage2_without_a_vae_says_how_to_get_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="run stage 1 first"):
         train_ldm_local(smoke_config(tmp_path))
+
+
+def test_sigterm_checkpoints_stops_with_status_75_and_the_rerun_resumes(tmp_path):
+    """A scheduler's SIGTERM mid-stage: a complete checkpoint of that step, exit 75, no export; rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = SMOKE.parents[1]
+    run = tmp_path / "pipeline-smoke" / "vae"
+    cmd = [sys.executable, str(repo / "launch" / "train_vae.py"), "--local", "--config", str(SMOKE),
+           f"output_dir={tmp_path}", "stage1.steps=100000", "stage1.checkpoint_every=100000", "stage1.log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or len(read_metrics(run / "metrics.jsonl")) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    saved = [p.parent.name for p in (run / "checkpoints").glob("step-*/COMPLETE")]
+    assert len(saved) == 1 and "stopped on SIGTERM" in out
+    step = int(saved[0].split("-")[1])
+    assert not (run / "export").exists()  # a half-trained VAE is never exported as the result
+    rerun = subprocess.run([*cmd[:-3], f"stage1.steps={step + 2}"], capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (run / "export" / "vae.safetensors").is_file()
+    assert read_metrics(run / "metrics.jsonl")[-1]["step"] == step + 2

@@ -87,6 +87,27 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: '{key}' has an unsupported type {_type_name(tp)}")
 
 
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        both_maps = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _deep_merge(merged[key], value) if both_maps else value
+    return merged
+
+
+def _with_factory_defaults(field: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested dataclass keeps the parent's defaults for the keys it omits.
+
+    `ddgan: {g_optim: {lr: 1e-3}}` must keep the DDGAN's Adam betas (0.5, 0.9) that its field's
+    default_factory sets, not fall back to the OptimConfig class defaults.
+    """
+    factory = field.default_factory
+    if not isinstance(value, dict) or factory is dataclasses.MISSING:
+        return value
+    default = factory()
+    return _deep_merge(to_dict(default), value) if dataclasses.is_dataclass(default) else value
+
+
 def from_dict(cls: type[T], data: dict, source: str = "<dict>", prefix: str = "") -> T:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types.
 
@@ -104,6 +125,7 @@ def from_dict(cls: type[T], data: dict, source: str = "<dict>", prefix: str = ""
             f"{source}: unknown key '{prefix}{unknown[0]}'; valid keys under "
             f"'{prefix[:-1] or '<top>'}': {', '.join(sorted(fields))}"
         )
+    data = {name: _with_factory_defaults(fields[name], value) for name, value in data.items()}
     kwargs = {name: _convert(value, hints[name], prefix + name, source) for name, value in data.items()}
     try:
         obj = cls(**kwargs)

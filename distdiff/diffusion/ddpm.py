@@ -185,6 +185,16 @@ def _initial_noise(shape, generator, device, dtype, x_T):
     return randn(shape, generator, device=device, dtype=dtype)
 
 
+def _denoise(model, x, timesteps: List[int], model_kwargs, progress: bool, desc: str, update) -> torch.Tensor:
+    """The loop both samplers share: for each step t (next step t_prev, -1 after the last) one model
+    call, then ``x = update(x, eps, t, t_prev)`` with t an int64 (B,) tensor and t_prev an int."""
+    kwargs = model_kwargs or {}
+    for i, prev in _progress(list(zip(timesteps, timesteps[1:] + [-1])), progress, desc):
+        t = torch.full((x.shape[0],), i, dtype=torch.int64, device=x.device)
+        x = update(x, model(x, t, **kwargs), t, prev)
+    return x
+
+
 @torch.no_grad()
 def ddpm_sample(
     model: Model,
@@ -218,14 +228,13 @@ def ddpm_sample(
     Returns:
         x0 samples, (B, C, H, W).
     """
-    kwargs = model_kwargs or {}
+
+    def update(x, eps, t, prev):
+        noise = randn(x.shape, generator, device=x.device, dtype=x.dtype) if prev >= 0 else None
+        return ddpm_step(schedule, eps, x, t, noise, variance=variance)
+
     x = _initial_noise(shape, generator, device, dtype, x_T)  # (B, C, H, W)
-    for i in _progress(range(schedule.num_steps - 1, -1, -1), progress, "ddpm"):
-        t = torch.full((x.shape[0],), i, dtype=torch.int64, device=x.device)
-        eps = model(x, t, **kwargs)
-        noise = randn(x.shape, generator, device=x.device, dtype=x.dtype) if i > 0 else None
-        x = ddpm_step(schedule, eps, x, t, noise, variance=variance)
-    return x
+    return _denoise(model, x, list(range(schedule.num_steps - 1, -1, -1)), model_kwargs, progress, "ddpm", update)
 
 
 def ddim_timesteps(num_steps: int, steps: int) -> List[int]:
@@ -318,17 +327,13 @@ def ddim_sample(
     Returns:
         x0 samples, (B, C, H, W).
     """
-    kwargs = model_kwargs or {}
-    x = _initial_noise(shape, generator, device, dtype, x_T)  # (B, C, H, W)
-    seq = ddim_timesteps(schedule.num_steps, steps)
-    for k in _progress(range(len(seq)), progress, "ddim"):
-        t = torch.full((x.shape[0],), seq[k], dtype=torch.int64, device=x.device)
-        prev = seq[k + 1] if k + 1 < len(seq) else -1
-        t_prev = torch.full_like(t, prev)
-        eps = model(x, t, **kwargs)
+
+    def update(x, eps, t, prev):
         noise = randn(x.shape, generator, device=x.device, dtype=x.dtype) if eta > 0 and prev >= 0 else None
-        x = ddim_step(schedule, eps, x, t, t_prev, eta=eta, noise=noise)
-    return x
+        return ddim_step(schedule, eps, x, t, torch.full_like(t, prev), eta=eta, noise=noise)
+
+    x = _initial_noise(shape, generator, device, dtype, x_T)  # (B, C, H, W)
+    return _denoise(model, x, ddim_timesteps(schedule.num_steps, steps), model_kwargs, progress, "ddim", update)
 
 
 def classifier_free_guidance(model: Model, scale: float, null_label: int) -> Callable[..., torch.Tensor]:

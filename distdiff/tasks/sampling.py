@@ -57,8 +57,8 @@ class LatentSampler:
 
     @torch.no_grad()
     def sample_ldm(self, seeds: Sequence[int], method: str = "ddim", steps: int = 50,
-                   labels: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] from the U-Net: `method` "ddpm" (all T steps) or "ddim"."""
+                   labels: torch.Tensor | None = None, progress: bool = False, eta: float = 0.0) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] from the U-Net: `method` "ddpm" (all T steps) or "ddim" (`steps`, `eta`)."""
         device = self._device(self.unet)
         rngs = per_sample_generators(list(seeds), device)
         shape = (len(seeds), *self.latent_shape)
@@ -67,7 +67,7 @@ class LatentSampler:
             z = ddpm_sample(model, self.ldm_schedule, shape, generator=rngs, device=device,
                             model_kwargs=kwargs, progress=progress)
         elif method == "ddim":
-            z = ddim_sample(model, self.ldm_schedule, shape, steps=steps, eta=0.0, generator=rngs,
+            z = ddim_sample(model, self.ldm_schedule, shape, steps=steps, eta=eta, generator=rngs,
                             device=device, model_kwargs=kwargs, progress=progress)
         else:
             raise ValueError(f"unknown LDM sampler '{method}'; valid: ddpm, ddim")

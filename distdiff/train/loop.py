@@ -43,6 +43,9 @@ class StagePlan:
     config_yaml: str | None = None
     sample_fn: Callable[[], dict[str, torch.Tensor]] | None = None  # grid name -> images in [-1, 1]
     final_metrics: dict = field(default_factory=dict)
+    # Micro-steps per optimizer step (DeepSpeed gradient accumulation): checkpoints fall on multiples,
+    # where no partly accumulated gradient would be lost.
+    accumulation: int = 1
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -180,6 +183,9 @@ def _handle_preemption(ctx: TrainContext, plan: StagePlan, state: TrainState, ge
     """Checkpoint on a preemption notice (SIGUSR1 / SIGTERM); True when the stage must stop now."""
     request = ctx.poll_preemption()
     if request is None:
+        return False
+    if state.step % plan.accumulation:
+        preemption.request(request)  # every rank saw the same request: all defer to the same boundary
         return False
     if not _checkpoint_due(state.step, plan.stage):  # else _after_step has just saved this step
         _save(ctx, plan, state, generator)

@@ -71,6 +71,7 @@ def build_vae_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> StagePlan
         stream=build_source_stream(cfg.data, cfg.stage1.batch_size, ctx.rank, ctx.world_size, cfg.seed),
         stage=cfg.stage1, seed=cfg.seed, stage_dir=run_dir(cfg) / "vae", precision=cfg.precision,
         config_yaml=dump_yaml(cfg), sample_fn=reconstructions,
+        accumulation=cfg.distributed.gradient_accumulation_steps,
     )
 
 
@@ -173,6 +174,7 @@ def build_ldm_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> tuple[Sta
         stream=build_source_stream(cfg.data, cfg.stage2.batch_size, ctx.rank, ctx.world_size, cfg.seed),
         stage=cfg.stage2, seed=cfg.seed, stage_dir=run_dir(cfg) / "ldm", precision=cfg.precision,
         config_yaml=dump_yaml(cfg), sample_fn=lambda: grid_samples(cfg, sampler, cfg.stage2.num_samples),
+        accumulation=cfg.distributed.gradient_accumulation_steps,
     )
     return plan, sampler
 
@@ -184,19 +186,23 @@ def _grid_labels(cfg: RunConfig, sampler: LatentSampler, n: int) -> torch.Tensor
     return torch.arange(n, device=device) % sampler.num_classes
 
 
-def grid_samples(cfg: RunConfig, sampler: LatentSampler, n: int, ddpm: bool = True) -> dict[str, torch.Tensor]:
-    """Sample grids of the EMA models with fixed seeds: LDM with DDIM and (by default) ancestral DDPM.
+def ddim_name(cfg: RunConfig) -> str:
+    """Name of the LDM's fast sampler in grids and summaries, e.g. "ldm_ddim50" or "ldm_ddim50_eta1"."""
+    name = f"ldm_ddim{cfg.ldm.ddim_steps}"
+    return name if cfg.ldm.ddim_eta == 0 else f"{name}_eta{cfg.ldm.ddim_eta:g}"
 
-    Ancestral DDPM is the sampler the U-Net is trained for; early in training deterministic DDIM
-    drifts off the data manifold long before DDPM does, so both grids are written.
+
+def grid_samples(cfg: RunConfig, sampler: LatentSampler, n: int) -> dict[str, torch.Tensor]:
+    """Periodic sample grids of the EMA models with fixed seeds: LDM with DDIM, and the DDGAN.
+
+    The 1000-step ancestral DDPM grid is left to the end of the run (`time_samplers`): it costs as
+    much as a few hundred training steps on a CPU.
     """
     seeds = range(SAMPLE_SEED_BASE, SAMPLE_SEED_BASE + n)
     grids = {}
     if sampler.unet is not None:
         labels = _grid_labels(cfg, sampler, n)
-        grids[f"ldm_ddim{cfg.ldm.ddim_steps}"] = sampler.sample_ldm(seeds, "ddim", cfg.ldm.ddim_steps, labels)
-        if ddpm:
-            grids[f"ldm_ddpm{cfg.ldm.num_steps}"] = sampler.sample_ldm(seeds, "ddpm", labels=labels, progress=True)
+        grids[ddim_name(cfg)] = sampler.sample_ldm(seeds, "ddim", cfg.ldm.ddim_steps, labels, eta=cfg.ldm.ddim_eta)
     if sampler.generator is not None:
         grids[f"ddgan_{sampler.ddgan_schedule.num_steps}step"] = sampler.sample_ddgan(seeds)
     return grids

@@ -11,7 +11,7 @@ import torch
 from distdiff.config import RunConfig
 from distdiff.images import save_grid
 from distdiff.tasks import LatentSampler
-from distdiff.train.stages import SAMPLE_SEED_BASE, _grid_labels
+from distdiff.train.stages import SAMPLE_SEED_BASE, _grid_labels, ddim_name
 
 
 def _timed(fn, n: int) -> tuple[torch.Tensor, float]:
@@ -26,10 +26,12 @@ def time_samplers(cfg: RunConfig, sampler: LatentSampler, n: int, out_dir: Path)
     results = {}
     if sampler.unet is not None:
         labels = _grid_labels(cfg, sampler, n)
-        for method, steps in (("ddpm", cfg.ldm.num_steps), ("ddim", cfg.ldm.ddim_steps)):
-            images, spi = _timed(lambda: sampler.sample_ldm(seeds, method, steps, labels, progress=True), n)
-            results[f"ldm_{method}{steps}"] = {"seconds_per_image": spi, "nfe": steps}
-            save_grid(images, out_dir / f"ldm_{method}{steps}-final.png")
+        runs = ((f"ldm_ddpm{cfg.ldm.num_steps}", "ddpm", cfg.ldm.num_steps, 1.0),
+                (ddim_name(cfg), "ddim", cfg.ldm.ddim_steps, cfg.ldm.ddim_eta))
+        for name, method, steps, eta in runs:
+            images, spi = _timed(lambda: sampler.sample_ldm(seeds, method, steps, labels, True, eta), n)
+            results[name] = {"seconds_per_image": spi, "nfe": steps}
+            save_grid(images, out_dir / f"{name}-final.png")
     if sampler.generator is not None:
         steps = sampler.ddgan_schedule.num_steps
         images, spi = _timed(lambda: sampler.sample_ddgan(seeds), n)

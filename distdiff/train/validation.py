@@ -18,6 +18,21 @@ def _downsampling(kwargs: dict) -> int:
     return 2 ** (len(kwargs["channel_mult"]) - 1)
 
 
+def _check_accumulation(cfg: RunConfig, stage: str) -> None:
+    """Checkpoints must fall on optimizer steps, or a resume would lose a partly accumulated gradient."""
+    accumulation = cfg.distributed.gradient_accumulation_steps
+    if accumulation < 1:
+        raise ConfigError(f"distributed.gradient_accumulation_steps must be >= 1, got {accumulation}")
+    stages = {"vae": ["stage1"], "ldm": ["stage2"], "all": ["stage1", "stage2"]}[stage]
+    for key in stages:
+        stage_cfg = getattr(cfg, key)
+        for name in ("steps", "checkpoint_every"):
+            if getattr(stage_cfg, name) % accumulation:
+                raise ConfigError(f"{key}.{name}={getattr(stage_cfg, name)} is not a multiple of "
+                                  f"distributed.gradient_accumulation_steps={accumulation}: checkpoints must "
+                                  "fall on optimizer steps")
+
+
 def validate_run(cfg: RunConfig, stage: str = "all") -> None:
     """Raise ConfigError when presets are unknown or sizes do not fit the networks.
 
@@ -25,6 +40,7 @@ def validate_run(cfg: RunConfig, stage: str = "all") -> None:
         cfg: the resolved run config.
         stage: "vae", "ldm" or "all": which stages will run.
     """
+    _check_accumulation(cfg, stage)
     c, h, w = describe_source(cfg.data).image_shape
     vae = _preset("vae", cfg.vae.preset, "vae.preset")
     f = _downsampling(vae)
