@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from distdiff.cli import PREEMPTED_EXIT
 from distdiff.config import RunConfig, load_config
 from distdiff.train.metrics import read_metrics
 from distdiff.train.storage import Storage, StorageError
@@ -327,7 +328,8 @@ def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(referen
         assert_same_weights(export_weights(tmp_path / "elastic"), export_weights(reference_run["dir"]))
 
         # Resubmitting the same run (as its own driver process) resumes and trains on; SIGTERM to the
-        # driver makes the worker checkpoint the step it is at and stop cleanly.
+        # driver makes the worker checkpoint the step it is at and stop cleanly, with the "unfinished,
+        # run again" status 75.
         cfg.stage2.steps, cfg.stage2.checkpoint_every = STEPS + 100, 1000
         config_file = tmp_path / "elastic.yaml"
         config_file.write_text(dump_yaml(cfg))
@@ -340,7 +342,7 @@ def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(referen
             _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= STEPS + 1, 240,
                       "training step after the resume")
             driver.send_signal(signal.SIGTERM)
-            assert driver.wait(timeout=120) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+            assert driver.wait(timeout=120) == PREEMPTED_EXIT, (tmp_path / "driver.log").read_text()[-3000:]
         finally:
             if driver.poll() is None:
                 driver.kill()
