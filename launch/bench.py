@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from distdiff.diffusion import ddgan_sample, ddgan_schedule, ddim_sample, ddpm_sample, ddpm_schedule
-from distdiff.models import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from distdiff.diffusion import ddgan_sample, ddgan_schedule, ddim_sample, ddpm_sample, ddpm_schedule  # noqa: E402
+from distdiff.models import build_model  # noqa: E402
 
 
 def diffusers_twin(dropout: float = 0.1):

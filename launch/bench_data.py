@@ -9,8 +9,12 @@ batch 64) consumes.
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
-from distdiff.data.bench import BenchSettings, run_data_benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from distdiff.data.bench import BenchSettings, run_data_benchmark  # noqa: E402
 
 
 def make_stage2_step(batch: dict, device: str = "cpu"):

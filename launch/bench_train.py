@@ -7,8 +7,11 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from distdiff.train.bench import run_benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from distdiff.train.bench import run_benchmark  # noqa: E402
 
 
 def main() -> int:
