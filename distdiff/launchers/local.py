@@ -6,13 +6,12 @@ Runs the same stage plans and loop as the Ray workers, with plain PyTorch engine
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 from distdiff.config import RunConfig, dump_yaml
+from distdiff.train import preemption
 from distdiff.train.context import LocalContext, resolve_device
 from distdiff.train.engines import TorchEngine
-from distdiff.train import preemption
 from distdiff.train.loop import run_stage
 from distdiff.train.stages import build_ldm_plan, build_vae_plan, export_stage2, export_vae, run_dir
 from distdiff.train.summary import time_samplers, write_summary
@@ -33,19 +32,13 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
     return directory
 
 
-@contextmanager
-def _preemption_notices():
-    """SIGUSR1: checkpoint and go on; SIGTERM: checkpoint and stop (the loop polls once per step)."""
-    previous = preemption.install_handlers()
-    try:
-        yield
-    finally:
-        preemption.restore_handlers(previous)
-
-
-def _report_preemption(stage: str, final: dict) -> None:
-    print(f"[{stage}] stopped on SIGTERM at step {final['steps']} after a checkpoint; run the same command "
-          "again to resume", flush=True)
+def _train_stage(ctx: LocalContext, plan) -> dict:
+    """Run a stage with preemption notices handled; final metrics, `preempted` set if SIGTERM stopped it."""
+    with preemption.handled_notices():
+        final = run_stage(ctx, plan)
+    if final["preempted"]:
+        print(preemption.stopped_early_message(plan.name, final["steps"]), flush=True)
+    return final
 
 
 def train_vae_local(cfg: RunConfig) -> dict:
@@ -53,11 +46,9 @@ def train_vae_local(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
     ctx = LocalContext(run_dir(cfg) / "vae", device, cfg.stage1.keep_checkpoints)
     plan = build_vae_plan(cfg, ctx, torch_engine_factory)
-    with _preemption_notices():
-        final = run_stage(ctx, plan)
+    final = _train_stage(ctx, plan)
     if final["preempted"]:
-        _report_preemption("vae", final)
-        return final
+        return final  # a half-trained stage is never exported
     final["export"] = str(export_vae(cfg, plan, device))
     return final
 
@@ -67,11 +58,9 @@ def train_ldm_local(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
     device = resolve_device(cfg.device)
     ctx = LocalContext(run_dir(cfg) / "ldm", device, cfg.stage2.keep_checkpoints)
     plan, sampler = build_ldm_plan(cfg, ctx, torch_engine_factory)
-    with _preemption_notices():
-        final = run_stage(ctx, plan)
+    final = _train_stage(ctx, plan)
     if final["preempted"]:
-        _report_preemption("ldm", final)
-        return final
+        return final  # a half-trained stage is never exported
     final["export"] = str(export_stage2(cfg, plan, sampler))
     final["sampling"] = time_samplers(cfg, sampler, sampler_timing_images, plan.stage_dir / "samples")
     return final

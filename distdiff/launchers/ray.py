@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 from distdiff.config import RunConfig, dump_yaml, from_dict, to_dict
+from distdiff.train import preemption
 from distdiff.train.stages import run_dir, vae_export_path
 from distdiff.train.storage import Storage, StorageError, aws_environment
 
@@ -207,8 +208,7 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
     # Rank 0 leaves the final metrics in storage (Ray's Result carries the latest checkpoint's metrics).
     final = json.loads(outputs.read_text(FINAL_METRICS))
     if final.get("preempted"):
-        print(f"[{stage}] stopped on a preemption notice at step {final.get('steps')}; run the same command "
-              "again to resume", flush=True)
+        print(preemption.stopped_early_message(stage, final.get("steps")), flush=True)
     return final
 
 

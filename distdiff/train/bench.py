@@ -10,6 +10,7 @@ Steady-state rates only: the first logging window (start-up, first-step allocati
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -95,8 +96,6 @@ def run_benchmark(preset: str = "small", batch: int = 16, steps: int = 20, warmu
         out: folder for the shards and runs (default: a temporary folder).
         scaling: also run the 2-worker measurement.
     """
-    import os
-
     load_start = os.getloadavg()[0]
     root = Path(out or tempfile.mkdtemp(prefix="distdiff-bench-"))
     source = write_mnist_shards(root / "mnist-shards")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
 
 SAVE = "save"  # checkpoint, then keep training
 STOP = "stop"  # checkpoint, then end the stage early
@@ -68,3 +69,18 @@ def install_handlers(sigterm: bool = True) -> dict:
 def restore_handlers(previous: dict) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+@contextmanager
+def handled_notices():
+    """Within the block SIGUSR1 requests a checkpoint and SIGTERM a checkpoint and a stop."""
+    previous = install_handlers()
+    try:
+        yield
+    finally:
+        restore_handlers(previous)
+
+
+def stopped_early_message(stage: str, steps: int) -> str:
+    """What a launcher prints when a stage ended early on SIGTERM, after its checkpoint."""
+    return f"[{stage}] stopped on SIGTERM at step {steps} after a checkpoint; run the same command again to resume"
