@@ -266,6 +266,29 @@ def test_pods_have_shared_memory_and_gpus(manifests):
                     assert int(limits.get("nvidia.com/gpu", 0)) > 0, f"{name} {group}: no GPUs"
 
 
+def test_worker_pods_drain_their_node_before_sigterm(manifests):
+    """The preStop hook asks Ray to drain the pod's node as a preemption (the run checkpoints at its next
+    drain poll, see test_distributed_ray), then waits within the termination grace period; its
+    `ray drain-node` options are valid for this Ray's CLI."""
+    from ray.scripts.scripts import drain_node
+
+    for name, manifest in manifests.items():
+        for group, pod in pod_specs(manifest):
+            if group == "head":
+                continue
+            (container,) = pod["containers"]
+            command = container["lifecycle"]["preStop"]["exec"]["command"]
+            assert command[:2] == ["/bin/sh", "-c"], f"{name} {group}: preStop is not a shell command"
+            drain, sleep = re.fullmatch(r"RAY_ADDRESS=auto ray drain-node (.+) && sleep (\d+)", command[2]).groups()
+            args = shlex.split(drain.replace("$HOSTNAME", "pod-0"))
+            options = drain_node.make_context("drain-node", args).params  # raises on an unknown option or reason
+            assert options["reason"] == "DRAIN_NODE_REASON_PREEMPTION", f"{name} {group}"
+            assert options["node_id"] is None, f"{name} {group}: must drain the pod's own node"
+            grace = pod["terminationGracePeriodSeconds"]
+            assert int(sleep) < options["deadline_remaining_seconds"] <= grace, (
+                f"{name} {group}: want sleep < drain deadline <= terminationGracePeriodSeconds ({grace})")
+
+
 # -- Slurm and the Dockerfile ---------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,37 +57,89 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A `ray start --head --block` cluster on 127.0.0.1 with free ports; stopped with its process."""
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.2)  # polling interval
+
+
+def _ray_command(*args: str) -> list[str]:
+    return [shutil.which("ray") or str(Path(sys.executable).parent / "ray"), *args]
+
+
+def _stop_node(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):  # leftovers of this node: its own process group
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _alive_nodes(address: str) -> dict[str, bool]:
+    """{node id: is head} of the cluster's live nodes, from its GCS."""
+    from ray._raylet import GcsClient
+
+    infos = GcsClient(address=address).get_all_node_info()
+    return {node.hex(): info.is_head_node for node, info in infos.items() if info.state == 0}  # 0: ALIVE
+
+
+@contextlib.contextmanager
+def local_cluster(head_cpus: int, worker_node_cpus: int = 0, **env: str):
+    """A `ray start --head --block` cluster on 127.0.0.1 with free ports, and optionally a second
+    (worker) node on the same machine; token auth as `ray start --head` turns it on; `env` goes to
+    every Ray process. Stopped with its processes."""
     temp = Path(tempfile.mkdtemp(prefix="ddray", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
     port, dashboard = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", **env}
     env.pop("RAY_ADDRESS", None)
-    command = [shutil.which("ray") or str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-               "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4", "--include-dashboard=true",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-               f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-               f"--temp-dir={temp}", "--disable-usage-stats"]
     log = open(temp / "ray-start.log", "wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = subprocess.Popen(_ray_command(
+        "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={head_cpus}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+        f"--temp-dir={temp}", "--disable-usage-stats"), env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    nodes = [head]
+    cluster = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
     try:
         _wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=90)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+        if worker_node_cpus:
+            nodes.append(subprocess.Popen(_ray_command(
+                "start", "--block", f"--address={cluster['address']}", "--node-ip-address=127.0.0.1",
+                f"--num-cpus={worker_node_cpus}", f"--dashboard-agent-listen-port={_free_port()}",
+                "--disable-usage-stats"), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            _wait_for(lambda: len(_alive_nodes(cluster["address"])) == 2, 90, "second Ray node")
+            cluster["worker_node"] = next(n for n, head in _alive_nodes(cluster["address"]).items() if not head)
+        yield cluster
     finally:
         import ray
 
         ray.shutdown()
-        process.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # leftovers of this cluster: its own process group
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        for process in reversed(nodes):
+            _stop_node(process)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def token_auth():
+    """Ray's core reads the auth mode once per process: every use of Ray in this module must see it."""
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    yield
+    os.environ.pop("RAY_AUTH_MODE") if saved is None else os.environ.__setitem__("RAY_AUTH_MODE", saved)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """The module's cluster: one head node with 4 CPUs."""
+    with local_cluster(head_cpus=4) as cluster:
+        yield cluster
 
 
 @contextlib.contextmanager
@@ -301,14 +354,6 @@ def test_killed_worker_resumes_from_checkpoint_with_identical_losses(reference_r
     assert_same_weights(export_weights(tmp_path / "faulty"), export_weights(reference_run["dir"]))
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout:.0f} s")
-        time.sleep(0.2)  # polling interval
-
-
 def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(reference_run, ray_cluster, seaweed,
                                                                         bucket, tmp_path):
     from distdiff.config import dump_yaml
@@ -356,6 +401,48 @@ def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(referen
     assert [(e["event"], e["step"], e["world_size"]) for e in events] == [("resume", STEPS, 1)] * 2
     with cluster_env(ray_cluster, seaweed):
         assert checkpoints.latest_complete() == f"step-{final['steps']:08d}"
+
+
+def test_node_drain_notice_checkpoints_and_training_goes_on(seaweed, bucket, tiny_vae, tmp_path):
+    """Ray's preemption notice for a node of the run (`ray drain-node`, as the KubeRay preStop hook of
+    cluster/kuberay sends it; cloud autoscalers send the same for spot reclaims) makes every rank write a
+    checkpoint at the step it is at, and training goes on to the end."""
+    from distdiff.config import dump_yaml
+
+    steps = 24  # after a drain Ray Train slows these tiny steps to about 1 s each
+    cfg = stage2_config(tmp_path, "drained", tiny_vae, bucket, f"stage2.steps={steps}",
+                        f"stage2.checkpoint_every={steps}", "stage2.log_every=2")
+    config_file = tmp_path / "drained.yaml"
+    config_file.write_text(dump_yaml(cfg))
+    metrics = tmp_path / "drained" / "ldm" / "metrics.jsonl"
+    # A head without CPUs puts both workers on the second node; Ray Train looks for drains every second.
+    with local_cluster(head_cpus=0, worker_node_cpus=2, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1") as cluster, \
+            cluster_env(cluster, seaweed):
+        log = open(tmp_path / "driver.log", "w")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        driver = subprocess.Popen([sys.executable, "launch/train_ldm.py", "--config", str(config_file)], cwd=ROOT,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= 4, 240, "training step 4")
+            drain = subprocess.run(_ray_command(
+                "drain-node", f"--address={cluster['address']}", f"--node-id={cluster['worker_node']}",
+                "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=test: node reclaimed",
+                "--deadline-remaining-seconds=600"), env=env, capture_output=True, text=True, timeout=60)
+            assert drain.returncode == 0, drain.stdout + drain.stderr
+            assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+            log.close()
+        checkpoints = Storage.open(f"s3://{bucket}/runs").child("drained", "ldm", "checkpoints")
+        complete = [name for _, name, done in checkpoints.step_dirs() if done]
+    output = (tmp_path / "driver.log").read_text()
+    saved = re.search(r"preemption notice \(save\): checkpoint of step (\d+) saved", output)
+    assert saved, output[-3000:]
+    step = int(saved.group(1))
+    assert 4 <= step < steps
+    assert complete == [f"step-{step:08d}", f"step-{steps:08d}"]
+    assert read_metrics(metrics)[-1]["step"] == steps
 
 
 def test_bad_storage_fails_before_workers_start(seaweed, bucket, tiny_vae, tmp_path):

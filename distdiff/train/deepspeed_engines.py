@@ -27,6 +27,7 @@ from distdiff.train.checkpoint import CheckpointError
 CHECKPOINT_TAG = "state"  # DeepSpeed's per-checkpoint subfolder; one checkpoint per engine folder
 ENGINE_META = "deepspeed.json"  # world size / ZeRO stage / precision the engine was saved with
 UNIVERSAL_DIR = "universal"  # where the universal (world-size independent) conversion lives
+SHM_INFERENCE_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU shared-memory all-reduce (inference kernels only)
 # Networks that run at ZeRO-2 when ZeRO-3 is asked for: their parameters stay whole on every rank,
 # gradients and optimizer states are still partitioned. The DDGAN discriminator needs it: its R1
 # penalty differentiates through its own backward pass (create_graph), and that second-order graph
@@ -141,10 +142,19 @@ class _EngineForward(nn.Module):
         return self.engine.module(*args, **kwargs)
 
 
-def _quiet_deepspeed() -> None:
+def _prepare_deepspeed() -> None:
+    """Quiet DeepSpeed's info logs and keep it from compiling an op that training never calls.
+
+    On CPU, DeepSpeed's communication backend JIT-compiles a shared-memory all-reduce used only by
+    its inference kernels: about 40 s of both cores on every fresh machine (and again whenever the
+    install path changes), competing with the first training steps. Marking the op incompatible
+    before the backend starts makes it fall back to the process group, which training uses anyway.
+    """
+    import deepspeed.ops
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)
+    deepspeed.ops.__compatible_ops__[SHM_INFERENCE_OP] = False
 
 
 class DeepSpeedEngine:
@@ -158,7 +168,7 @@ class DeepSpeedEngine:
     def __init__(self, module: nn.Module, ds_config: dict):
         import deepspeed
 
-        _quiet_deepspeed()
+        _prepare_deepspeed()
         self.config = ds_config
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=ds_config
