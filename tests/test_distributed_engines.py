@@ -96,6 +96,22 @@ def test_signals_become_requests():
         preemption.restore_handlers(previous)
 
 
+def test_process_handlers_keep_and_restore_the_previous_ones():
+    def previous_handler(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, previous_handler)
+    try:
+        assert preemption.install_process_handlers(object())  # called as an actor task: the actor comes first
+        assert preemption.install_process_handlers() and signal.getsignal(signal.SIGTERM) is not previous_handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert preemption.poll() == preemption.STOP
+        preemption.restore_process_handlers(object())
+        assert signal.getsignal(signal.SIGTERM) is previous_handler  # a second install did not overwrite it
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_local_storage_lists_only_complete_checkpoints(tmp_path):
     storage = Storage.open(str(tmp_path / "store"))
     storage.check_writable()

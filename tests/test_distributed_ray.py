@@ -306,6 +306,14 @@ def test_zero_stages_0_to_3_give_identical_fp32_losses(ray_cluster, seaweed, buc
                 assert results[stage][step]["ldm/loss"] == results[2][step]["ldm/loss"]
 
 
+def _train_worker_pids(cluster) -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=cluster["address"], detail=True,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return sorted(a.pid for a in actors if a.pid)
+
+
 class WorkerKiller(threading.Thread):
     """Once both workers run, wait for checkpoint `name` to be complete, then SIGKILL rank 1's process."""
 
@@ -314,19 +322,12 @@ class WorkerKiller(threading.Thread):
         self.checkpoints, self.name, self.cluster = checkpoints, name, cluster
         self.killed: int | None = None
 
-    def _worker_pids(self) -> list[int]:
-        from ray.util.state import list_actors
-
-        actors = list_actors(address=self.cluster["address"], detail=True,
-                             filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-        return sorted(a.pid for a in actors if a.pid)
-
     def run(self) -> None:
         deadline = time.monotonic() + 300
         pids: list[int] = []
         while len(pids) < 2 and time.monotonic() < deadline:  # looked up early: the state API is slow
             time.sleep(0.5)  # polling interval of the state API
-            pids = self._worker_pids()
+            pids = _train_worker_pids(self.cluster)
         while not self.checkpoints.exists(self.name, "COMPLETE") and time.monotonic() < deadline:
             time.sleep(0.05)  # polling interval of the storage
         os.kill(pids[-1], signal.SIGKILL)  # right after the marker: where Ray may drop a fresh checkpoint
@@ -401,6 +402,47 @@ def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(referen
     assert [(e["event"], e["step"], e["world_size"]) for e in events] == [("resume", STEPS, 1)] * 2
     with cluster_env(ray_cluster, seaweed):
         assert checkpoints.latest_complete() == f"step-{final['steps']:08d}"
+
+
+def test_signals_to_worker_processes_checkpoint_on_every_rank(ray_cluster, seaweed, bucket, tiny_vae, tmp_path):
+    """SIGUSR1 to one worker process makes both ranks save the same step and go on; SIGTERM to the
+    other makes both save and stop, and the driver exits 75."""
+    from distdiff.config import dump_yaml
+
+    cfg = stage2_config(tmp_path, "signalled", tiny_vae, bucket, "stage2.steps=1000", "stage2.checkpoint_every=1000")
+    config_file = tmp_path / "signalled.yaml"
+    config_file.write_text(dump_yaml(cfg))
+    metrics = tmp_path / "signalled" / "ldm" / "metrics.jsonl"
+    log_path = tmp_path / "driver.log"
+    saved = re.compile(r"preemption notice \((save|stop)\): checkpoint of step (\d+) saved")
+    with cluster_env(ray_cluster, seaweed):
+        log = open(log_path, "w")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        driver = subprocess.Popen([sys.executable, "launch/train_ldm.py", "--config", str(config_file)], cwd=ROOT,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= 2, 240, "training step 2")
+            first, second = _train_worker_pids(ray_cluster)
+            os.kill(first, signal.SIGUSR1)
+            _wait_for(lambda: saved.search(log_path.read_text()), 60, "checkpoint after SIGUSR1")
+            step_before_term = read_metrics(metrics)[-1]["step"]
+            os.kill(second, signal.SIGTERM)
+            assert driver.wait(timeout=120) == PREEMPTED_EXIT, log_path.read_text()[-3000:]
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+            log.close()
+        storage = Storage.open(f"s3://{bucket}/runs").child("signalled", "ldm")
+        final = json.loads(storage.read_text("final.json"))
+        complete = [name for _, name, done in storage.child("checkpoints").step_dirs() if done]
+    # rank 0 prints each notice once (Ray's log forwarding may repeat a line)
+    notices = list(dict.fromkeys((kind, int(step)) for kind, step in saved.findall(log_path.read_text())))
+    assert [kind for kind, _ in notices] == ["save", "stop"], notices
+    (_, save_step), (_, stop_step) = notices
+    assert 2 <= save_step <= step_before_term < stop_step < 1000
+    assert final["preempted"] and final["steps"] == stop_step
+    assert complete == [f"step-{save_step:08d}", f"step-{stop_step:08d}"]
+    assert not (tmp_path / "signalled" / "ldm" / "export").exists(), "a stopped stage must not be exported"
 
 
 def test_node_drain_notice_checkpoints_and_training_goes_on(seaweed, bucket, tiny_vae, tmp_path):

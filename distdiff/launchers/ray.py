@@ -331,7 +331,8 @@ def _train_worker(config: dict) -> None:
         _fetch_vae(cfg, storage, ctx)
     plan, sampler = _build_plan(cfg, stage, ctx, universal)
     try:
-        final = run_stage(ctx, plan)
+        with ctx.worker_signals():
+            final = run_stage(ctx, plan)
         if not final["preempted"]:
             final.update(_export(cfg, stage, plan, sampler, ctx, config["time_samplers"]))
         if ctx.rank == 0:

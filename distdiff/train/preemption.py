@@ -1,9 +1,9 @@
 """Preemption notices: SIGUSR1 asks for a checkpoint now, SIGTERM for a checkpoint and a clean stop.
 
 A signal handler only sets a flag; the training loop polls it once per step (`poll`), where a
-checkpoint can be written safely. Under Ray the signals go to the driver (the process a scheduler
-or `ray job stop` signals), which forwards them through the cluster; the Ray context combines that
-request with Ray's own node-drain notice over all ranks, so every rank saves at the same step.
+checkpoint can be written safely. Under Ray the driver (the process `ray job stop` signals) forwards
+its signals through the cluster and each worker process handles its own; the Ray context combines
+these requests with Ray's own node-drain notice over all ranks, so every rank saves at the same step.
 """
 
 from __future__ import annotations
@@ -69,6 +69,23 @@ def install_handlers(sigterm: bool = True) -> dict:
 def restore_handlers(previous: dict) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+_process_handlers: dict = {}  # what install_process_handlers replaced, for restore_process_handlers
+
+
+def install_process_handlers(*_) -> bool:
+    """`install_handlers` for a process whose training runs in another thread: call it on the main
+    thread (a Ray actor task). The previous handlers stay in this module. Returns True when installed."""
+    if not _process_handlers:
+        _process_handlers.update(install_handlers())
+    return bool(_process_handlers)
+
+
+def restore_process_handlers(*_) -> None:
+    """Undo `install_process_handlers` (on the main thread)."""
+    restore_handlers(_process_handlers)
+    _process_handlers.clear()
 
 
 @contextmanager

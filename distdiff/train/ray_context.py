@@ -9,6 +9,7 @@ storage and takes the newest folder that carries the marker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -174,6 +175,23 @@ class RayContext:
             return None
         self._drain_seen = True
         return preemption.SAVE
+
+    @contextlib.contextmanager
+    def worker_signals(self):
+        """Within the block this worker process's SIGTERM / SIGUSR1 become preemption requests
+        (outside it they keep Ray's meaning: SIGTERM ends the worker).
+
+        Ray Train runs the training function in a thread and signal handlers can only be set on the
+        main thread, so the handlers are installed by a task on this worker's own actor, which Ray
+        runs on the main thread once the training thread has started.
+        """
+        actor = ray.get_runtime_context().current_actor
+        installed = ray.get(actor.__ray_call__.remote(preemption.install_process_handlers))
+        try:
+            yield installed
+        finally:
+            if installed:
+                ray.get(actor.__ray_call__.remote(preemption.restore_process_handlers))
 
     def poll_preemption(self) -> str | None:
         """A preemption request, the same on every rank: this process's signal, the driver's
