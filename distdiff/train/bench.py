@@ -3,7 +3,8 @@
 1. Overhead: steps/s of distdiff's full path (Ray Train + DeepSpeed + shard streaming) on one worker
    with one thread, against a plain PyTorch loop over the same networks (U-Net, DDGAN generator and
    discriminator, EMAs) and in-memory batches in this process with one thread. Target >= 0.9.
-2. Scaling: images/s of 2 workers x 1 thread against 1 worker x 1 thread. Target >= 1.7.
+2. Scaling: images/s of 2 workers x 1 thread against 1 worker x 1 thread. Target >= 1.7. Beside
+   it, the machine's own ceiling: two plain loops in separate processes against one.
 
 Steady-state rates only: the first logging window (start-up, first-step allocation) is dropped.
 """
@@ -72,6 +73,28 @@ def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, 
     return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu_start)
 
 
+def _plain_rate_child(cfg: RunConfig, steps: int, warmup: int, start, results) -> None:
+    start.wait()  # all loops start together, so they overlap for the whole measurement
+    results.put(plain_pytorch_rate(cfg, steps, warmup)[0])
+
+
+def independent_plain_rate(cfg: RunConfig, steps: int, warmup: int, processes: int) -> float:
+    """Summed steps per wall second of `processes` plain loops run side by side in separate processes
+    (1 thread each, nothing shared): what this machine's cores give without Ray or communication."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    children = [context.Process(target=_plain_rate_child, args=(cfg, steps, warmup, start, results))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    rates = [results.get() for _ in children]
+    for child in children:
+        child.join()
+    return sum(rates)
+
+
 def distributed_rate(cfg: RunConfig) -> tuple[float, float]:
     """Steady-state images per wall second and per CPU second of rank 0 in a Ray + DeepSpeed run
     (medians of the logging windows after the first)."""
@@ -113,7 +136,10 @@ def run_benchmark(preset: str = "small", batch: int = 16, steps: int = 20, warmu
         images_two, images_two_cpu = distributed_rate(two)
         results.update({"distributed_2w_images_per_s": images_two, "distributed_1w_images_per_s": wall,
                         "scaling_2w_over_1w": images_two / wall,
-                        "scaling_2w_over_1w_cpu_normalized": images_two_cpu / cpu})
+                        "scaling_2w_over_1w_cpu_normalized": images_two_cpu / cpu,
+                        # The machine's own ceiling for the same comparison: two independent loops.
+                        "plain_2_processes_over_1": independent_plain_rate(one, steps, warmup, 2)
+                        / independent_plain_rate(one, steps, warmup, 1)})
     plain_after = plain_pytorch_rate(one, steps, warmup)
     plain = max(plain_before[0], plain_after[0])
     plain_cpu = max(plain_before[1], plain_after[1])
@@ -143,3 +169,5 @@ def _print(results: dict) -> None:
         print(f"  scaling 2 workers / 1 worker (target >= 1.7): {results['scaling_2w_over_1w']:.3f}")
         print(f"  same with each worker's rate per CPU second it got (removes what Ray's own processes and "
               f"other load took): {results['scaling_2w_over_1w_cpu_normalized']:.3f}")
+        print(f"  this machine's ceiling: 2 independent plain loops (no Ray, no communication) / 1 loop: "
+              f"{results['plain_2_processes_over_1']:.3f}")
