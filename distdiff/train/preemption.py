@@ -76,7 +76,8 @@ _process_handlers: dict = {}  # what install_process_handlers replaced, for rest
 
 def install_process_handlers(*_) -> bool:
     """`install_handlers` for a process whose training runs in another thread: call it on the main
-    thread (a Ray actor task). The previous handlers stay in this module. Returns True when installed."""
+    thread, e.g. as a Ray actor task (the actor that `__ray_call__` passes first is ignored). The
+    previous handlers stay in this module until `restore_process_handlers`. True when installed."""
     if not _process_handlers:
         _process_handlers.update(install_handlers())
     return bool(_process_handlers)
