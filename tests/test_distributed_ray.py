@@ -29,7 +29,7 @@ import pytest
 from safetensors.torch import load_file
 
 from distdiff.cli import PREEMPTED_EXIT
-from distdiff.config import RunConfig, load_config
+from distdiff.config import RunConfig, dump_yaml, load_config
 from distdiff.train.metrics import read_metrics
 from distdiff.train.storage import Storage, StorageError
 
@@ -355,9 +355,29 @@ def test_killed_worker_resumes_from_checkpoint_with_identical_losses(reference_r
     assert_same_weights(export_weights(tmp_path / "faulty"), export_weights(reference_run["dir"]))
 
 
+@contextlib.contextmanager
+def train_ldm_driver(cfg: RunConfig, tmp: Path):
+    """`launch/train_ldm.py` on `cfg` as its own driver process, as a user or a scheduler starts it,
+    output in `tmp/driver.log`; killed if still running when the block ends."""
+    config_file = tmp / f"{cfg.name}.yaml"
+    config_file.write_text(dump_yaml(cfg))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with open(tmp / "driver.log", "w") as log:
+        driver = subprocess.Popen([sys.executable, "launch/train_ldm.py", "--config", str(config_file)], cwd=ROOT,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield driver
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+
+
+# What rank 0 prints after a checkpoint written on a preemption notice.
+NOTICE = re.compile(r"preemption notice \((save|stop)\): checkpoint of step (\d+) saved")
+
+
 def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(reference_run, ray_cluster, seaweed,
                                                                         bucket, tmp_path):
-    from distdiff.config import dump_yaml
     from distdiff.launchers.ray import train_ldm
 
     with cluster_env(ray_cluster, seaweed):
@@ -377,22 +397,12 @@ def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(referen
         # driver makes the worker checkpoint the step it is at and stop cleanly, with the "unfinished,
         # run again" status 75.
         cfg.stage2.steps, cfg.stage2.checkpoint_every = STEPS + 100, 1000
-        config_file = tmp_path / "elastic.yaml"
-        config_file.write_text(dump_yaml(cfg))
         metrics = tmp_path / "elastic" / "ldm" / "metrics.jsonl"
-        log = open(tmp_path / "driver.log", "w")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        driver = subprocess.Popen([sys.executable, "launch/train_ldm.py", "--config", str(config_file)], cwd=ROOT,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        with train_ldm_driver(cfg, tmp_path) as driver:
             _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= STEPS + 1, 240,
                       "training step after the resume")
             driver.send_signal(signal.SIGTERM)
             assert driver.wait(timeout=120) == PREEMPTED_EXIT, (tmp_path / "driver.log").read_text()[-3000:]
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-            log.close()
         final = json.loads(storage.child("elastic", "ldm").read_text("final.json"))
     assert final["preempted"] and STEPS + 1 <= final["steps"] < STEPS + 100
     steps = [r["step"] for r in read_metrics(metrics)]
@@ -407,36 +417,23 @@ def test_elastic_resume_on_one_worker_then_sigterm_checkpoints_and_stops(referen
 def test_signals_to_worker_processes_checkpoint_on_every_rank(ray_cluster, seaweed, bucket, tiny_vae, tmp_path):
     """SIGUSR1 to one worker process makes both ranks save the same step and go on; SIGTERM to the
     other makes both save and stop, and the driver exits 75."""
-    from distdiff.config import dump_yaml
-
     cfg = stage2_config(tmp_path, "signalled", tiny_vae, bucket, "stage2.steps=1000", "stage2.checkpoint_every=1000")
-    config_file = tmp_path / "signalled.yaml"
-    config_file.write_text(dump_yaml(cfg))
     metrics = tmp_path / "signalled" / "ldm" / "metrics.jsonl"
     log_path = tmp_path / "driver.log"
-    saved = re.compile(r"preemption notice \((save|stop)\): checkpoint of step (\d+) saved")
     with cluster_env(ray_cluster, seaweed):
-        log = open(log_path, "w")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        driver = subprocess.Popen([sys.executable, "launch/train_ldm.py", "--config", str(config_file)], cwd=ROOT,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        with train_ldm_driver(cfg, tmp_path) as driver:
             _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= 2, 240, "training step 2")
             first, second = _train_worker_pids(ray_cluster)
             os.kill(first, signal.SIGUSR1)
-            _wait_for(lambda: saved.search(log_path.read_text()), 60, "checkpoint after SIGUSR1")
+            _wait_for(lambda: NOTICE.search(log_path.read_text()), 60, "checkpoint after SIGUSR1")
             step_before_term = read_metrics(metrics)[-1]["step"]
             os.kill(second, signal.SIGTERM)
             assert driver.wait(timeout=120) == PREEMPTED_EXIT, log_path.read_text()[-3000:]
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-            log.close()
         storage = Storage.open(f"s3://{bucket}/runs").child("signalled", "ldm")
         final = json.loads(storage.read_text("final.json"))
         complete = [name for _, name, done in storage.child("checkpoints").step_dirs() if done]
     # rank 0 prints each notice once (Ray's log forwarding may repeat a line)
-    notices = list(dict.fromkeys((kind, int(step)) for kind, step in saved.findall(log_path.read_text())))
+    notices = list(dict.fromkeys((kind, int(step)) for kind, step in NOTICE.findall(log_path.read_text())))
     assert [kind for kind, _ in notices] == ["save", "stop"], notices
     (_, save_step), (_, stop_step) = notices
     assert 2 <= save_step <= step_before_term < stop_step < 1000
@@ -449,39 +446,27 @@ def test_node_drain_notice_checkpoints_and_training_goes_on(seaweed, bucket, tin
     """Ray's preemption notice for a node of the run (`ray drain-node`, as the KubeRay preStop hook of
     cluster/kuberay sends it; cloud autoscalers send the same for spot reclaims) makes every rank write a
     checkpoint at the step it is at, and training goes on to the end."""
-    from distdiff.config import dump_yaml
-
     steps = 24  # after a drain Ray Train slows these tiny steps to about 1 s each
     cfg = stage2_config(tmp_path, "drained", tiny_vae, bucket, f"stage2.steps={steps}",
                         f"stage2.checkpoint_every={steps}", "stage2.log_every=2")
-    config_file = tmp_path / "drained.yaml"
-    config_file.write_text(dump_yaml(cfg))
     metrics = tmp_path / "drained" / "ldm" / "metrics.jsonl"
     # A head without CPUs puts both workers on the second node; Ray Train looks for drains every second.
     with local_cluster(head_cpus=0, worker_node_cpus=2, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1") as cluster, \
             cluster_env(cluster, seaweed):
-        log = open(tmp_path / "driver.log", "w")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        driver = subprocess.Popen([sys.executable, "launch/train_ldm.py", "--config", str(config_file)], cwd=ROOT,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        with train_ldm_driver(cfg, tmp_path) as driver:
             _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= 4, 240, "training step 4")
             drain = subprocess.run(_ray_command(
                 "drain-node", f"--address={cluster['address']}", f"--node-id={cluster['worker_node']}",
                 "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=test: node reclaimed",
-                "--deadline-remaining-seconds=600"), env=env, capture_output=True, text=True, timeout=60)
+                "--deadline-remaining-seconds=600"), capture_output=True, text=True, timeout=60)
             assert drain.returncode == 0, drain.stdout + drain.stderr
             assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-            log.close()
         checkpoints = Storage.open(f"s3://{bucket}/runs").child("drained", "ldm", "checkpoints")
         complete = [name for _, name, done in checkpoints.step_dirs() if done]
     output = (tmp_path / "driver.log").read_text()
-    saved = re.search(r"preemption notice \(save\): checkpoint of step (\d+) saved", output)
-    assert saved, output[-3000:]
-    step = int(saved.group(1))
+    saved = NOTICE.search(output)
+    assert saved and saved.group(1) == "save", output[-3000:]
+    step = int(saved.group(2))
     assert 4 <= step < steps
     assert complete == [f"step-{step:08d}", f"step-{steps:08d}"]
     assert read_metrics(metrics)[-1]["step"] == steps
