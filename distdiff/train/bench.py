@@ -4,7 +4,9 @@
    with one thread, against a plain PyTorch loop over the same networks (U-Net, DDGAN generator and
    discriminator, EMAs) and in-memory batches in this process with one thread. Target >= 0.9.
 2. Scaling: images/s of 2 workers x 1 thread against 1 worker x 1 thread. Target >= 1.7. Beside
-   it, the machine's own ceiling: two plain loops in separate processes against one.
+   it, the machine's own ceiling (two plain loops in separate processes against one) and the same
+   comparison for the distributed step without Ray (DeepSpeed engines in gloo processes), which
+   separates what the collectives cost from what Ray's own processes take from the workers.
 
 Steady-state rates only: the first logging window (start-up, first-step allocation) is dropped.
 """
@@ -44,10 +46,10 @@ def write_mnist_shards(dest: Path) -> str:
     return str(dest)
 
 
-def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, float]:
-    """Steps per wall second and per CPU second of a bare loop: same networks and task, torch
-    optimizers, batches already in memory."""
-    from distdiff.launchers.local import torch_engine_factory
+def _timed_loop(cfg: RunConfig, make_engine, steps: int, warmup: int, rank: int = 0, world_size: int = 1,
+                start_together=None) -> tuple[float, float]:
+    """Steps per wall second and per CPU second of a bare loop over this rank's in-memory batches:
+    the stage-2 networks on engines from `make_engine`, their EMAs, the joint task, one thread."""
     from distdiff.tasks import DDGANTask, JointLatentTask, LatentSource, LDMTask
     from distdiff.train.context import LocalContext
     from distdiff.train.data_source import build_source_stream
@@ -56,16 +58,19 @@ def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, 
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     ctx = LocalContext(Path(tempfile.mkdtemp()), torch.device("cpu"))
-    nets = Stage2Networks(cfg, ctx, torch_engine_factory, 1, None)
+    nets = Stage2Networks(cfg, ctx, make_engine, 1, None)
     ldm_schedule, gan_schedule = _schedules(cfg)
     task = JointLatentTask(LatentSource(None), LDMTask(ldm_schedule, None, cfg.ldm.label_dropout),
                            DDGANTask(gan_schedule, nets.nz, cfg.ddgan.r1_gamma, cfg.ddgan.lazy_reg))
-    stream = iter(build_source_stream(DataConfig(source="embedded-mnist"), cfg.stage2.batch_size, 0, 1, cfg.seed))
+    stream = iter(build_source_stream(DataConfig(source="embedded-mnist"), cfg.stage2.batch_size, rank,
+                                      world_size, cfg.seed))
     batches = [next(stream) for _ in range(8)]
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
     start = cpu_start = 0.0
     for step in range(warmup + steps):
         if step == warmup:
+            if start_together:
+                start_together()
             start, cpu_start = time.perf_counter(), time.process_time()
         task.step(batches[step % len(batches)], nets.engines, step, generator)
         for name, ema in nets.emas.items():
@@ -73,9 +78,19 @@ def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, 
     return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu_start)
 
 
+def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, float]:
+    """Steps per wall second and per CPU second of a bare loop: same networks and task, torch
+    optimizers, batches already in memory."""
+    from distdiff.launchers.local import torch_engine_factory
+
+    return _timed_loop(cfg, torch_engine_factory, steps, warmup)
+
+
 def _plain_rate_child(cfg: RunConfig, steps: int, warmup: int, start, results) -> None:
-    start.wait()  # all loops start together, so they overlap for the whole measurement
-    results.put(plain_pytorch_rate(cfg, steps, warmup)[0])
+    from distdiff.launchers.local import torch_engine_factory
+
+    # All loops start together, so they overlap for the whole measurement.
+    results.put(_timed_loop(cfg, torch_engine_factory, steps, warmup, start_together=start.wait)[0])
 
 
 def independent_plain_rate(cfg: RunConfig, steps: int, warmup: int, processes: int) -> float:
@@ -95,6 +110,37 @@ def independent_plain_rate(cfg: RunConfig, steps: int, warmup: int, processes: i
     return sum(rates)
 
 
+def _deepspeed_child(rank: int, world_size: int, init_file: str, cfg: RunConfig, steps: int, warmup: int,
+                     results) -> None:
+    import torch.distributed as dist
+
+    from distdiff.train.deepspeed_engines import deepspeed_engine_factory
+
+    os.environ["LOCAL_RANK"] = str(rank)  # DeepSpeed insists on it; one machine, so local = global
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        factory = deepspeed_engine_factory(cfg.distributed, "fp32", cfg.stage2.batch_size)
+        rate = _timed_loop(cfg, factory, steps, warmup, rank, world_size, start_together=dist.barrier)[0]
+        if rank == 0:
+            results.put(rate * cfg.stage2.batch_size * world_size)
+    finally:
+        dist.destroy_process_group()
+
+
+def deepspeed_without_ray_rate(cfg: RunConfig, steps: int, warmup: int, processes: int) -> float:
+    """Images per wall second of `processes` local processes joined by a gloo group, each training
+    the same networks on DeepSpeed engines (the ZeRO stage of `cfg`) over in-memory batches: the
+    distributed training step without Ray and without streaming."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    with tempfile.TemporaryDirectory(prefix="distdiff-bench-") as tmp:
+        mp.start_processes(_deepspeed_child, args=(processes, str(Path(tmp) / "rendezvous"), cfg, steps, warmup,
+                                                   results), nprocs=processes, join=True, start_method="spawn")
+    return results.get()
+
+
 def distributed_rate(cfg: RunConfig) -> tuple[float, float]:
     """Steady-state images per wall second and per CPU second of rank 0 in a Ray + DeepSpeed run
     (medians of the logging windows after the first)."""
@@ -108,7 +154,7 @@ def distributed_rate(cfg: RunConfig) -> tuple[float, float]:
 
 
 def run_benchmark(preset: str = "small", batch: int = 16, steps: int = 20, warmup: int = 4, out: str | None = None,
-                  scaling: bool = True) -> dict:
+                  scaling: bool = True, repeats: int = 1) -> dict:
     """Measure and print both ratios; returns the figures.
 
     Args:
@@ -118,28 +164,38 @@ def run_benchmark(preset: str = "small", batch: int = 16, steps: int = 20, warmu
         warmup: steps excluded from the timing.
         out: folder for the shards and runs (default: a temporary folder).
         scaling: also run the 2-worker measurement.
+        repeats: 1-worker (and 2-worker) runs, back to back in pairs; the ratios are the medians over
+            the pairs, so that a slow spell of a shared machine lands in one pair, not in the figure.
     """
     load_start = os.getloadavg()[0]
     root = Path(out or tempfile.mkdtemp(prefix="distdiff-bench-"))
     source = write_mnist_shards(root / "mnist-shards")
     total = warmup + steps
-    one = bench_config(root, "bench-1w", preset, batch, total, warmup, source, 1)
+    configs = [(bench_config(root, f"bench-1w-{i}", preset, batch, total, warmup, source, 1),
+                bench_config(root, f"bench-2w-{i}", preset, batch, total, warmup, source, 2)) for i in range(repeats)]
+    one, two = configs[0]
     # The plain loop runs before and after the distributed runs and its faster pass counts, so a
     # burst of load from other processes during one pass does not flatter the distributed path.
     plain_before = plain_pytorch_rate(one, steps, warmup)
-    wall, cpu = distributed_rate(one)
+    pairs = [(distributed_rate(cfg_one), distributed_rate(cfg_two) if scaling else None) for cfg_one, cfg_two in configs]
+    wall = statistics.median(rate_one[0] for rate_one, _ in pairs)
+    cpu = statistics.median(rate_one[1] for rate_one, _ in pairs)
     full, full_cpu = wall / batch, cpu / batch
-    results = {"preset": preset, "batch_per_worker": batch, "distributed_1w_steps_per_s": full,
+    results = {"preset": preset, "batch_per_worker": batch, "repeats": repeats, "distributed_1w_steps_per_s": full,
                "distributed_1w_steps_per_cpu_s": full_cpu}
     if scaling:
-        two = bench_config(root, "bench-2w", preset, batch, total, warmup, source, 2)
-        images_two, images_two_cpu = distributed_rate(two)
-        results.update({"distributed_2w_images_per_s": images_two, "distributed_1w_images_per_s": wall,
-                        "scaling_2w_over_1w": images_two / wall,
-                        "scaling_2w_over_1w_cpu_normalized": images_two_cpu / cpu,
+        ratios = [rate_two[0] / rate_one[0] for rate_one, rate_two in pairs]
+        results.update({"distributed_2w_images_per_s": statistics.median(rate_two[0] for _, rate_two in pairs),
+                        "distributed_1w_images_per_s": wall, "scaling_2w_over_1w": statistics.median(ratios),
+                        "scaling_2w_over_1w_each_pair": ratios,
+                        "scaling_2w_over_1w_cpu_normalized": statistics.median(
+                            rate_two[1] / rate_one[1] for rate_one, rate_two in pairs),
                         # The machine's own ceiling for the same comparison: two independent loops.
                         "plain_2_processes_over_1": independent_plain_rate(one, steps, warmup, 2)
-                        / independent_plain_rate(one, steps, warmup, 1)})
+                        / independent_plain_rate(one, steps, warmup, 1),
+                        # The distributed step alone: DeepSpeed engines and their collectives, no Ray.
+                        "deepspeed_without_ray_2_processes_over_1": deepspeed_without_ray_rate(two, steps, warmup, 2)
+                        / deepspeed_without_ray_rate(two, steps, warmup, 1)})
     plain_after = plain_pytorch_rate(one, steps, warmup)
     plain = max(plain_before[0], plain_after[0])
     plain_cpu = max(plain_before[1], plain_after[1])
@@ -166,8 +222,12 @@ def _print(results: dict) -> None:
     if "scaling_2w_over_1w" in results:
         print(f"  1 worker  : {results['distributed_1w_images_per_s']:.1f} images/s")
         print(f"  2 workers : {results['distributed_2w_images_per_s']:.1f} images/s")
-        print(f"  scaling 2 workers / 1 worker (target >= 1.7): {results['scaling_2w_over_1w']:.3f}")
+        each = ", ".join(f"{r:.3f}" for r in results["scaling_2w_over_1w_each_pair"])
+        print(f"  scaling 2 workers / 1 worker (target >= 1.7): {results['scaling_2w_over_1w']:.3f} "
+              f"(median of {results['repeats']} back-to-back pairs: {each})")
         print(f"  same with each worker's rate per CPU second it got (removes what Ray's own processes and "
               f"other load took): {results['scaling_2w_over_1w_cpu_normalized']:.3f}")
         print(f"  this machine's ceiling: 2 independent plain loops (no Ray, no communication) / 1 loop: "
               f"{results['plain_2_processes_over_1']:.3f}")
+        print(f"  DeepSpeed engines in 2 gloo processes / 1 process, in-memory batches, no Ray: "
+              f"{results['deepspeed_without_ray_2_processes_over_1']:.3f}")
