@@ -16,6 +16,7 @@ import contextlib
 import copy
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -149,12 +150,16 @@ def _prepare_deepspeed() -> None:
     its inference kernels: about 40 s of both cores on every fresh machine (and again whenever the
     install path changes), competing with the first training steps. Marking the op incompatible
     before the backend starts makes it fall back to the process group, which training uses anyway.
+    DeepSpeed's ZeRO still calls a torch collective under its deprecated name; the warning says
+    nothing a user can act on, once per worker and run.
     """
     import deepspeed.ops
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)
     deepspeed.ops.__compatible_ops__[SHM_INFERENCE_OP] = False
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
 
 
 class DeepSpeedEngine:
