@@ -167,6 +167,8 @@ def run_benchmark(preset: str = "small", batch: int = 16, steps: int = 20, warmu
         repeats: 1-worker (and 2-worker) runs, back to back in pairs; the ratios are the medians over
             the pairs, so that a slow spell of a shared machine lands in one pair, not in the figure.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     load_start = os.getloadavg()[0]
     root = Path(out or tempfile.mkdtemp(prefix="distdiff-bench-"))
     source = write_mnist_shards(root / "mnist-shards")
