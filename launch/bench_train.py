@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--no-scaling", action="store_true", help="skip the 2-worker measurement")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     results = run_benchmark(args.preset, args.batch, args.steps, args.warmup, args.out, not args.no_scaling,
                             args.repeats)
     if args.json:
