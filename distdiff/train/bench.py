@@ -86,7 +86,20 @@ def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, 
     return _timed_loop(cfg, torch_engine_factory, steps, warmup)
 
 
-def _plain_rate_child(cfg: RunConfig, steps: int, warmup: int, start, results) -> None:
+def _spawned(target, processes: int, *args) -> list:
+    """Run `target(rank, *args, results)` in `processes` fresh processes and return what they put on
+    `results`. A child that fails raises here rather than leaving this process waiting for its value."""
+    import torch.multiprocessing as mp
+
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(target, args=(*args, results), nprocs=processes, join=True, start_method="spawn")
+    values = []
+    while not results.empty():
+        values.append(results.get())
+    return values
+
+
+def _plain_rate_child(rank: int, cfg: RunConfig, steps: int, warmup: int, start, results) -> None:
     from distdiff.launchers.local import torch_engine_factory
 
     # All loops start together, so they overlap for the whole measurement.
@@ -96,18 +109,10 @@ def _plain_rate_child(cfg: RunConfig, steps: int, warmup: int, start, results) -
 def independent_plain_rate(cfg: RunConfig, steps: int, warmup: int, processes: int) -> float:
     """Summed steps per wall second of `processes` plain loops run side by side in separate processes
     (1 thread each, nothing shared): what this machine's cores give without Ray or communication."""
-    import multiprocessing
+    import torch.multiprocessing as mp
 
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Barrier(processes), context.Queue()
-    children = [context.Process(target=_plain_rate_child, args=(cfg, steps, warmup, start, results))
-                for _ in range(processes)]
-    for child in children:
-        child.start()
-    rates = [results.get() for _ in children]
-    for child in children:
-        child.join()
-    return sum(rates)
+    start = mp.get_context("spawn").Barrier(processes)
+    return sum(_spawned(_plain_rate_child, processes, cfg, steps, warmup, start))
 
 
 def _deepspeed_child(rank: int, world_size: int, init_file: str, cfg: RunConfig, steps: int, warmup: int,
@@ -131,14 +136,10 @@ def deepspeed_without_ray_rate(cfg: RunConfig, steps: int, warmup: int, processe
     """Images per wall second of `processes` local processes joined by a gloo group, each training
     the same networks on DeepSpeed engines (the ZeRO stage of `cfg`) over in-memory batches: the
     distributed training step without Ray and without streaming."""
-    import torch.multiprocessing as mp
-
-    context = mp.get_context("spawn")
-    results = context.SimpleQueue()
     with tempfile.TemporaryDirectory(prefix="distdiff-bench-") as tmp:
-        mp.start_processes(_deepspeed_child, args=(processes, str(Path(tmp) / "rendezvous"), cfg, steps, warmup,
-                                                   results), nprocs=processes, join=True, start_method="spawn")
-    return results.get()
+        (images_per_s,) = _spawned(_deepspeed_child, processes, processes, str(Path(tmp) / "rendezvous"), cfg,
+                                   steps, warmup)
+    return images_per_s
 
 
 def distributed_rate(cfg: RunConfig) -> tuple[float, float]:
