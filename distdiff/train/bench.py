@@ -78,12 +78,12 @@ def _timed_loop(cfg: RunConfig, make_engine, steps: int, warmup: int, rank: int 
     return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu_start)
 
 
-def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, float]:
+def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int, start_together=None) -> tuple[float, float]:
     """Steps per wall second and per CPU second of a bare loop: same networks and task, torch
-    optimizers, batches already in memory."""
+    optimizers, batches already in memory. `start_together` is called once the warm-up is done."""
     from distdiff.launchers.local import torch_engine_factory
 
-    return _timed_loop(cfg, torch_engine_factory, steps, warmup)
+    return _timed_loop(cfg, torch_engine_factory, steps, warmup, start_together=start_together)
 
 
 def _spawned(target, processes: int, *args) -> list:
@@ -100,10 +100,8 @@ def _spawned(target, processes: int, *args) -> list:
 
 
 def _plain_rate_child(rank: int, cfg: RunConfig, steps: int, warmup: int, start, results) -> None:
-    from distdiff.launchers.local import torch_engine_factory
-
     # All loops start together, so they overlap for the whole measurement.
-    results.put(_timed_loop(cfg, torch_engine_factory, steps, warmup, start_together=start.wait)[0])
+    results.put(plain_pytorch_rate(cfg, steps, warmup, start_together=start.wait)[0])
 
 
 def independent_plain_rate(cfg: RunConfig, steps: int, warmup: int, processes: int) -> float:
