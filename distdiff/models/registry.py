@@ -33,6 +33,11 @@ VAE_PRESETS: dict[str, dict[str, Any]] = {
     "mnist-f8": dict(
         in_channels=1, latent_channels=4, base_channels=16, channel_mult=(1, 2, 2, 2), num_res_blocks=1
     ),
+    # 32x32x3 Stacked MNIST, f=4 -> 8x8x4 latents, with 8 channels at full resolution: its decoder costs
+    # a third of mnist-f4's, so the decode does not dominate the time of a 4-step sampler.
+    "stacked-f4": dict(
+        in_channels=3, latent_channels=4, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1
+    ),
     # Stable-Diffusion-like autoencoders.
     "kl-f4": dict(in_channels=3, latent_channels=4, base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2),
     "kl-f8": dict(in_channels=3, latent_channels=4, base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2),
@@ -47,10 +52,22 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         in_channels=4, model_channels=48, channel_mult=(1, 2), num_res_blocks=2, attention_levels=(1,),
         dropout=0.0,
     ),
+    # The trilemma study on 8x8x4 Stacked-MNIST latents: 1.0 M parameters, sized so that 1000 DDPM-1000
+    # samples take minutes, not an hour, on a 2-core CPU.
+    "trilemma": dict(
+        in_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=2, attention_levels=(1,),
+        dropout=0.0,
+    ),
     # Ho et al. 2020, CIFAR-10: 35.7 M parameters, attention at 16x16.
     "ddpm-cifar10": dict(
         in_channels=3, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,),
         dropout=0.1, num_heads=1,
+    ),
+    # The LDM paper's CelebA-HQ 256 U-Net (its celebahq-ldm-vq-4 config) on 64x64 latents of an f=4
+    # autoencoder: width 224, multipliers 1, 2, 3, 4, attention at 32, 16 and 8 with 32-channel heads.
+    "ldm-celebahq256": dict(
+        in_channels=4, model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2, attention_levels=(1, 2, 3),
+        dropout=0.0, head_channels=32,
     ),
     # Latent diffusion on 32x32x4 latents: attention at 16x16 and 8x8.
     "ldm-latent32": dict(
@@ -58,6 +75,12 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         dropout=0.1, num_heads=4,
     ),
 }
+
+# DDGAN presets: T, the generator and the discriminator. The paper's presets take the arguments of
+# the official training commands (NVlabs/denoising-diffusion-gan README); "ngf" there is the
+# discriminator's nf, `t_emb_dim` its default of 256. Parameter counts are pinned in the tests.
+_SMALL_D = dict(channel_mult=(2, 4, 8, 8), full_res_block=True)  # the paper's 32x32 discriminator
+_LARGE_D = dict(channel_mult=(2, 4, 8, 8, 8, 8, 8), full_res_block=False)  # its 256x256 one
 
 DDGAN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -77,25 +100,46 @@ DDGAN_PRESETS: dict[str, dict[str, Any]] = {
         ),
         discriminator=dict(in_channels=4, nf=16, channel_mult=(2, 4, 4), full_res_block=True, t_emb_dim=64),
     ),
-    # Xiao et al. 2022, CIFAR-10 (32x32, attention at 16x16, small discriminator).
+    # The trilemma study on 8x8x4 Stacked-MNIST latents: the paper's architecture at CPU size; the
+    # generator's parameter count is within 2x of the "trilemma" U-Net's.
+    "trilemma": dict(
+        num_timesteps=4,
+        generator=dict(
+            in_channels=4, nf=32, channel_mult=(1, 2), num_res_blocks=2, attention_levels=(1,), nz=50,
+            z_emb_dim=64, n_mlp=2, output_activation="none",
+        ),
+        discriminator=dict(in_channels=4, nf=16, channel_mult=(2, 4, 4), full_res_block=True, t_emb_dim=64),
+    ),
+    # CIFAR-10 command: --num_channels_dae 128 --ch_mult 1 2 2 2 --num_res_blocks 2 --nz 100 --z_emb_dim 256
+    # --n_mlp 4 --num_timesteps 4 --ngf 64; attention at 16x16 (level 1). 48.43 M + 12.74 M parameters.
     "ddgan-cifar10": dict(
         num_timesteps=4,
         generator=dict(
             in_channels=3, nf=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), nz=100,
             z_emb_dim=256, n_mlp=4,
         ),
-        discriminator=dict(in_channels=3, nf=64, channel_mult=(2, 4, 8, 8), full_res_block=True, t_emb_dim=128),
+        discriminator=dict(in_channels=3, nf=64, t_emb_dim=256, **_SMALL_D),
     ),
-    # Xiao et al. 2022, CelebA-HQ 256 (attention at 16x16 = level 4, large discriminator).
+    # Stacked MNIST (3 x 32 x 32): the official code trains it with the small discriminator and publishes
+    # no command; this preset takes the CIFAR-10 command's network arguments.
+    "ddgan-stackedmnist": dict(
+        num_timesteps=4,
+        generator=dict(
+            in_channels=3, nf=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), nz=100,
+            z_emb_dim=256, n_mlp=4,
+        ),
+        discriminator=dict(in_channels=3, nf=64, t_emb_dim=256, **_SMALL_D),
+    ),
+    # CelebA-HQ 256 command: --num_channels_dae 64 --ch_mult 1 1 2 2 4 4 --num_res_blocks 2 --num_timesteps 2
+    # --z_emb_dim 256 --ngf 64 (nz 100, n_mlp 3: the defaults); attention at 16x16 (level 4).
+    # 39.73 M + 27.74 M parameters.
     "ddgan-celebahq256": dict(
         num_timesteps=2,
         generator=dict(
             in_channels=3, nf=64, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attention_levels=(4,),
             nz=100, z_emb_dim=256, n_mlp=3,
         ),
-        discriminator=dict(
-            in_channels=3, nf=64, channel_mult=(2, 4, 8, 8, 8, 8, 8), full_res_block=False, t_emb_dim=128
-        ),
+        discriminator=dict(in_channels=3, nf=64, t_emb_dim=256, **_LARGE_D),
     ),
 }
 

@@ -1,4 +1,4 @@
-"""The DDPM U-Net (Ho et al. 2020) and the U-Net trunk it shares with the DDGAN generator."""
+"""The DDPM U-Net (Ho et al. 2020): a trunk of residual and attention blocks, and its embeddings."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from distdiff.nn import group_norm, zero_module
 class UNetTrunk(nn.Module):
     """Down path with skips, middle (res, attn, res), up path with num_res_blocks+1 blocks per level.
 
-    The embedding (and, for DDGAN, the style vector) is computed by the caller and passed in.
+    The (timestep + label) embedding is computed by the caller and passed in.
 
     Args:
         in_channels: input channels.
@@ -28,8 +28,8 @@ class UNetTrunk(nn.Module):
         dropout: dropout inside residual blocks.
         num_heads: attention heads.
         emb_dim: width of the embedding added in every residual block.
-        style_dim: when set, residual blocks use AdaptiveGroupNorm on a style vector.
-        skip_rescale: residual blocks divide their sum by sqrt(2).
+        head_channels: when set, each attention block has width / head_channels heads instead (LDM's
+            `num_head_channels`).
     """
 
     def __init__(
@@ -43,8 +43,7 @@ class UNetTrunk(nn.Module):
         dropout: float,
         num_heads: int,
         emb_dim: int,
-        style_dim: int | None = None,
-        skip_rescale: bool = False,
+        head_channels: int | None = None,
     ):
         super().__init__()
         channel_mult = tuple(channel_mult)
@@ -54,7 +53,10 @@ class UNetTrunk(nn.Module):
             raise ValueError(f"attention_levels {bad_levels} outside channel_mult levels 0..{len(channel_mult) - 1}")
 
         def res_block(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, dropout, style_dim=style_dim, skip_rescale=skip_rescale)
+            return ResBlock(cin, cout, emb_dim, dropout)
+
+        def attention(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, ch // head_channels if head_channels else num_heads)
 
         self.conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
         ch = model_channels
@@ -65,14 +67,14 @@ class UNetTrunk(nn.Module):
                 layers = [res_block(ch, model_channels * mult)]
                 ch = model_channels * mult
                 if level in attention_levels:
-                    layers.append(AttentionBlock(ch, num_heads))
+                    layers.append(attention(ch))
                 self.down.append(EmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
                 self.down.append(EmbedSequential(Downsample(ch)))
                 skip_channels.append(ch)
 
-        self.mid = EmbedSequential(res_block(ch, ch), AttentionBlock(ch, num_heads), res_block(ch, ch))
+        self.mid = EmbedSequential(res_block(ch, ch), attention(ch), res_block(ch, ch))
 
         self.up = nn.ModuleList()
         for level in reversed(range(len(channel_mult))):
@@ -80,7 +82,7 @@ class UNetTrunk(nn.Module):
                 layers = [res_block(ch + skip_channels.pop(), model_channels * channel_mult[level])]
                 ch = model_channels * channel_mult[level]
                 if level in attention_levels:
-                    layers.append(AttentionBlock(ch, num_heads))
+                    layers.append(attention(ch))
                 if level != 0 and i == num_res_blocks:
                     layers.append(Upsample(ch))
                 self.up.append(EmbedSequential(*layers))
@@ -88,19 +90,19 @@ class UNetTrunk(nn.Module):
         self.norm_out = group_norm(ch)
         self.conv_out = zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, in_channels, H, W); emb: (B, emb_dim); style: (B, style_dim) or None.
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_channels, H, W); emb: (B, emb_dim).
 
         Returns (B, out_channels, H, W). H and W must be divisible by 2**(len(channel_mult)-1).
         """
         h = self.conv_in(x)
         skips = [h]
         for block in self.down:
-            h = block(h, emb, style)
+            h = block(h, emb)
             skips.append(h)
-        h = self.mid(h, emb, style)
+        h = self.mid(h, emb)
         for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, style)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -116,6 +118,7 @@ class UNet(nn.Module):
         attention_levels: indices into channel_mult of levels with self-attention.
         dropout: dropout probability in residual blocks.
         num_heads: attention heads.
+        head_channels: channels per attention head (overrides num_heads; LDM's `num_head_channels`).
         num_classes: number of classes; the label table has one extra "null" row (index
             num_classes) used when ``y`` is None, for classifier-free guidance.
     """
@@ -132,6 +135,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         num_heads: int = 1,
         num_classes: int | None = None,
+        head_channels: int | None = None,
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -143,7 +147,7 @@ class UNet(nn.Module):
         self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
         self.trunk = UNetTrunk(
             in_channels, self.out_channels, model_channels, channel_mult, num_res_blocks,
-            attention_levels, dropout, num_heads, emb_dim,
+            attention_levels, dropout, num_heads, emb_dim, head_channels,
         )
 
     @property

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from distdiff.nn.norm import AdaptiveGroupNorm, group_norm
+from distdiff.nn.norm import group_norm
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -32,8 +30,6 @@ class ResBlock(nn.Module):
         emb_dim: width of the (timestep) embedding added after the first conv; None for no embedding.
         dropout: dropout probability before the second conv.
         groups: maximum GroupNorm group count (reduced for small channel numbers).
-        style_dim: when set, both norms are AdaptiveGroupNorm conditioned on a style vector (DDGAN).
-        skip_rescale: divide the sum by sqrt(2) (NCSN++ / DDGAN convention).
     """
 
     def __init__(
@@ -43,44 +39,24 @@ class ResBlock(nn.Module):
         emb_dim: int | None = None,
         dropout: float = 0.0,
         groups: int = 32,
-        style_dim: int | None = None,
-        skip_rescale: bool = False,
     ):
         super().__init__()
-        self.adaptive = style_dim is not None
-        self.norm1 = AdaptiveGroupNorm(groups, in_ch, style_dim) if self.adaptive else group_norm(in_ch, groups)
+        self.norm1 = group_norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_ch) if emb_dim is not None else None
-        self.norm2 = AdaptiveGroupNorm(groups, out_ch, style_dim) if self.adaptive else group_norm(out_ch, groups)
+        self.norm2 = group_norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-        self.out_scale = 1.0 / math.sqrt(2.0) if skip_rescale else 1.0
 
-    def _norm(self, norm: nn.Module, x: torch.Tensor, style: torch.Tensor | None) -> torch.Tensor:
-        if self.adaptive:
-            if style is None:
-                raise ValueError("ResBlock with style_dim needs a style vector, got None")
-            return norm(x, style)
-        return norm(x)
-
-    def forward(
-        self, x: torch.Tensor, emb: torch.Tensor | None = None, style: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x: (B, in_ch, H, W); emb: (B, emb_dim) or None; style: (B, style_dim) or None.
-
-        Returns (B, out_ch, H, W).
-        """
-        h = self.conv1(F.silu(self._norm(self.norm1, x, style)))  # (B, out_ch, H, W)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, in_ch, H, W); emb: (B, emb_dim) or None -> (B, out_ch, H, W)."""
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, out_ch, H, W)
         if self.emb_proj is not None:
             if emb is None:
                 raise ValueError("ResBlock built with emb_dim needs an embedding, got None")
             h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self._norm(self.norm2, h, style))))
-        out = self.skip(x) + h
-        if self.out_scale != 1.0:
-            out = out * self.out_scale
-        return out
+        return self.skip(x) + self.conv2(self.dropout(F.silu(self.norm2(h))))
 
 
 class AttentionBlock(nn.Module):
@@ -150,12 +126,10 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of layers where residual blocks also receive the embedding and the style vector."""
+    """A sequence of layers where residual blocks also receive the embedding."""
 
-    def forward(
-        self, x: torch.Tensor, emb: torch.Tensor | None = None, style: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """Run the layers in order; x: (B, C, H, W)."""
         for layer in self:
-            x = layer(x, emb, style) if isinstance(layer, ResBlock) else layer(x)
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x
