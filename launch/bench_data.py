@@ -21,28 +21,17 @@ def make_stage2_step(batch: dict, device: str = "cpu"):
     """One joint LDM + DDGAN step of the real task code, plain PyTorch engines, on latent batches."""
     import torch
 
-    from distdiff.config import DDGANConfig, LDMConfig
-    from distdiff.diffusion import ddgan_schedule, ddpm_schedule
-    from distdiff.models import build_model
-    from distdiff.models.registry import ddgan_num_timesteps
-    from distdiff.tasks import DDGANTask, JointLatentTask, LatentSource, LDMTask
+    from distdiff.config import RunConfig
+    from distdiff.tasks import LatentSource, build_stage2
     from distdiff.train.engines import EngineSet, TorchEngine
 
-    ldm, gan = LDMConfig(), DDGANConfig()
     channels = batch["latent_mean"].shape[1]
-    generator = build_model("ddgan_generator", gan.preset, in_channels=channels).to(device)
-    engines = EngineSet({
-        "unet": TorchEngine(build_model("unet", ldm.preset, in_channels=channels).to(device), ldm.optim, "adamw"),
-        "ddgan_g": TorchEngine(generator, gan.g_optim, "adam"),
-        "ddgan_d": TorchEngine(build_model("ddgan_discriminator", gan.preset, in_channels=channels).to(device),
-                               gan.d_optim, "adam"),
-    })
-    task = JointLatentTask(
-        LatentSource(None),  # latent shards carry mean and log-variance: no encoder in the step
-        LDMTask(ddpm_schedule(ldm.num_steps, ldm.beta_start, ldm.beta_end)),
-        DDGANTask(ddgan_schedule(ddgan_num_timesteps(gan.preset), gan.beta_min, gan.beta_max),
-                  generator.model_config["kwargs"]["nz"], gan.r1_gamma, gan.lazy_reg),
-    )
+    shape = (channels, *batch["latent_mean"].shape[2:])
+    # Latent shards carry mean and log-variance: no encoder in the step.
+    setup = build_stage2(RunConfig(), LatentSource(None), shape, shape, None)
+    engines = EngineSet({name: TorchEngine(net.module.to(device), net.optim, net.optimizer)
+                         for name, net in setup.networks.items()})
+    task = setup.task
     rng = torch.Generator(device=device).manual_seed(0)
     counter = iter(range(1 << 30))
 

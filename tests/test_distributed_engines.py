@@ -135,3 +135,34 @@ def test_unsupported_storage_urls_are_refused():
         Storage.open("gs://bucket/x")
     with pytest.raises(StorageError, match="names no bucket"):
         Storage.open("s3://")
+
+
+def test_cosine_schedule_is_the_same_on_plain_and_deepspeed_engines(tmp_path, monkeypatch):
+    """A one-process DeepSpeed engine runs the plain engines' `lr_factor` curve step for step."""
+    import torch
+    import torch.distributed as dist
+
+    from distdiff.train.deepspeed_engines import deepspeed_engine_factory
+    from distdiff.train.engines import TorchEngine, lr_factor
+
+    optim = OptimConfig(lr=1e-3, warmup_steps=3, schedule="cosine", min_lr=1e-5, decay_steps=20, grad_clip=0.0)
+    assert "scheduler" not in build_deepspeed_config(optim, "adam", DistributedConfig(zero_stage=2), "fp32", 4)
+    factor = lr_factor(optim)
+    assert [factor(s) for s in (0, 2)] == [pytest.approx(1 / 3), 1.0]
+    assert factor(20) == pytest.approx(0.01) and factor(100) == pytest.approx(0.01)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # DeepSpeed insists on it
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = TorchEngine(torch.nn.Linear(4, 2), optim, "adam")
+        engine = deepspeed_engine_factory(DistributedConfig(zero_stage=2), "fp32", 4)("unet", torch.nn.Linear(4, 2),
+                                                                                     optim, "adam")
+        x = torch.randn(4, 4)
+        for step in range(25):
+            lrs = (plain.lr, engine.lr)
+            assert lrs[0] == pytest.approx(lrs[1], rel=1e-9) and lrs[0] == pytest.approx(1e-3 * factor(step)), step
+            plain.backward_step(plain.forward_module(x).pow(2).mean())
+            engine.backward_step(engine.forward_module(x).pow(2).mean())
+        engine.destroy()
+    finally:
+        dist.destroy_process_group()

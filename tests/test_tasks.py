@@ -7,7 +7,19 @@ import torch
 from distdiff.config import OptimConfig
 from distdiff.diffusion import ddgan_q_sample_pairs, ddgan_schedule, ddpm_loss, ddpm_schedule
 from distdiff.models import build_model
-from distdiff.tasks import DDGANTask, JointLatentTask, LatentSampler, LatentSource, LDMTask, VAETask
+from distdiff.diffusion import ScheduleSpec
+from distdiff.tasks import (
+    DDGANTask,
+    JointLatentTask,
+    LatentSource,
+    LDMTask,
+    ModelSpec,
+    SamplerSpec,
+    Stage2Sampler,
+    Stage2Spec,
+    VAETask,
+)
+from distdiff.tasks.ddgan import r1_weight
 from distdiff.train.engines import EngineSet, TorchEngine
 
 
@@ -49,7 +61,7 @@ def test_ldm_task_fits_fixed_latents():
     before = held_out_loss()
     g = torch.Generator().manual_seed(4)
     for _ in range(150):
-        task.step(z0, torch.zeros(4, dtype=torch.long), updater, g)
+        task.step(z0, {"label": torch.zeros(4, dtype=torch.long)}, updater, 0, g)
     assert held_out_loss() < 0.5 * before
 
 
@@ -76,7 +88,7 @@ def test_ddgan_generator_learns_to_denoise_a_memorised_image():
     before = x0_error()
     g = torch.Generator().manual_seed(5)
     for step in range(400):
-        metrics = task.step(x0, updater, step, g)
+        metrics = task.step(x0, {}, updater, step, g)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert "ddgan/r1" in task.discriminator_step(x0, updater, 0, g)
     assert x0_error() < 0.3 * before
@@ -92,13 +104,51 @@ def test_ddgan_sampler_uses_the_generator_t_times():
         return original(x_tp1, t, z)
 
     gen.forward = counting
-    sampler = LatentSampler(LatentSource(None), (4, 8, 8), generator=gen, ddgan_schedule=ddgan_schedule(4),
-                            nz=gen.model_config["kwargs"]["nz"])
-    assert sampler.sample_ddgan([1, 2]).shape == (2, 4, 8, 8)
+    model = ModelSpec("ddgan", "ddgan", "ddgan_generator", ScheduleSpec("vp", 4), (SamplerSpec("ddgan"),),
+                      nz=gen.model_config["kwargs"]["nz"])
+    sampler = Stage2Sampler(Stage2Spec("pixel", (4, 8, 8), (4, 8, 8), (model,)), LatentSource(None), {"ddgan": gen})
+    assert sampler.sample(model, SamplerSpec("ddgan"), [1, 2]).shape == (2, 4, 8, 8)
     assert calls == [3, 2, 1, 0]
 
 
-def test_joint_task_encodes_once_and_steps_both_models():
+class _Recorder:
+    """An updater that records each loss and changes no weight."""
+
+    def __init__(self, nets: dict):
+        self.nets, self.losses = nets, {}
+
+    def module(self, name):
+        return self.nets[name]
+
+    def update(self, name, loss):
+        self.losses[name] = float(loss.detach())
+        return {}
+
+
+def test_r1_is_scaled_as_the_official_ddgan_script():
+    """On an R1 step the penalty adds r1_gamma / 2 * E||grad||^2 ("official"), or that times lazy_reg."""
+    assert r1_weight(0.02, 15, "official") == 0.01 and abs(r1_weight(0.02, 15, "stylegan2") - 0.15) < 1e-12
+    torch.manual_seed(0)
+    nets = {"ddgan_g": build_model("ddgan_generator", "tiny", in_channels=1),
+            "ddgan_d": build_model("ddgan_discriminator", "tiny", in_channels=1)}
+    x0 = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    losses = {}
+    for label, gamma, scaling in (("none", 0.0, "official"), ("official", 0.02, "official"),
+                                  ("stylegan2", 0.02, "stylegan2")):
+        task = DDGANTask(ddgan_schedule(4), nz=8, r1_gamma=gamma, lazy_reg=15, r1_scaling=scaling)
+        updater = _Recorder(nets)
+        metrics = task.discriminator_step(x0, updater, step=30, generator=torch.Generator().manual_seed(2))
+        losses[label], r1 = updater.losses["ddgan_d"], metrics.get("ddgan/r1")
+    assert r1 is not None and r1 > 0
+    assert abs((losses["official"] - losses["none"]) - 0.01 * r1) < 1e-5
+    assert abs((losses["stylegan2"] - losses["none"]) - 0.15 * r1) < 1e-4
+    # Between R1 steps nothing is added, whatever the scaling.
+    task = DDGANTask(ddgan_schedule(4), nz=8, r1_gamma=0.02, lazy_reg=15)
+    assert "ddgan/r1" not in task.discriminator_step(x0, _Recorder(nets), step=31,
+                                                     generator=torch.Generator().manual_seed(2))
+
+
+def test_joint_task_encodes_once_and_steps_every_member():
     vae = build_model("vae", "tiny", in_channels=1).eval()
     calls = {"encode": 0}
     original = vae.encode
@@ -109,13 +159,17 @@ def test_joint_task_encodes_once_and_steps_both_models():
 
     vae.encode = counting_encode
     unet = build_model("unet", "tiny", in_channels=4)
-    gen = build_model("ddgan_generator", "tiny", in_channels=4, output_activation="none")
-    disc = build_model("ddgan_discriminator", "tiny", in_channels=4)
-    updater = engines(unet=(unet, 1e-3, (0.9, 0.999), "adamw"), ddgan_g=(gen, 1e-3, (0.5, 0.9), "adam"),
-                      ddgan_d=(disc, 1e-3, (0.5, 0.9), "adam"))
-    task = JointLatentTask(LatentSource(vae), LDMTask(ddpm_schedule(50)),
-                           DDGANTask(ddgan_schedule(4), gen.model_config["kwargs"]["nz"], 0.02, 4))
+    nets = {"unet": (unet, 1e-3, (0.9, 0.999), "adamw")}
+    for name in ("ddgan", "gan"):
+        nets[f"{name}_g"] = (build_model("ddgan_generator", "tiny", in_channels=4, output_activation="none"), 1e-3,
+                             (0.5, 0.9), "adam")
+        nets[f"{name}_d"] = (build_model("ddgan_discriminator", "tiny", in_channels=4), 1e-3, (0.5, 0.9), "adam")
+    updater = engines(**nets)
+    task = JointLatentTask(LatentSource(vae), {"ldm": LDMTask(ddpm_schedule(50)),
+                                               "ddgan": DDGANTask(ddgan_schedule(4), 8, 0.02, 4),
+                                               "gan": DDGANTask(ddgan_schedule(1), 8, 0.02, 4, name="gan")})
+    assert task.networks == ("unet", "ddgan_g", "ddgan_d", "gan_g", "gan_d")
     batch = {"image": torch.rand(4, 1, 16, 16) * 2 - 1, "label": torch.zeros(4, dtype=torch.long)}
     metrics = task.step(batch, updater, 0, torch.Generator().manual_seed(0))
     assert calls["encode"] == 1
-    assert {"ldm/loss", "ddgan/d_loss", "ddgan/g_loss"} <= metrics.keys()
+    assert {"ldm/loss", "ddgan/d_loss", "ddgan/g_loss", "gan/d_loss", "gan/g_loss", "gan/r1"} <= metrics.keys()

@@ -14,6 +14,7 @@ from distdiff.config.schema import (
     DataConfig,
     DDGANConfig,
     DistributedConfig,
+    EvalConfig,
     LDMConfig,
     OptimConfig,
     RunConfig,
@@ -23,6 +24,6 @@ from distdiff.config.schema import (
 
 __all__ = [
     "ConfigError", "apply_overrides", "dump_yaml", "from_dict", "load_config", "load_yaml",
-    "parse_override", "to_dict", "DataConfig", "DDGANConfig", "DistributedConfig", "LDMConfig",
+    "parse_override", "to_dict", "DataConfig", "DDGANConfig", "DistributedConfig", "EvalConfig", "LDMConfig",
     "OptimConfig", "RunConfig", "StageConfig", "VAEConfig",
 ]

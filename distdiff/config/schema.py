@@ -14,7 +14,12 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass
 class OptimConfig:
-    """Optimizer and learning-rate schedule of one network."""
+    """Optimizer and learning-rate schedule of one network.
+
+    The learning rate rises linearly over `warmup_steps`, then stays at `lr` ("constant") or follows
+    a half cosine from `lr` down to `min_lr` over `decay_steps` optimizer steps ("cosine"; 0 means
+    the stage's length).
+    """
 
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -22,12 +27,18 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = 0.0
+    decay_steps: int = 0
 
     def validate(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"optimizer lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("warmup_steps and grad_clip must be >= 0")
+        if not 0 <= self.min_lr <= self.lr or self.decay_steps < 0:
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}] and decay_steps >= 0, got {self.min_lr}, "
+                             f"{self.decay_steps}")
 
 
 @dataclass
@@ -38,6 +49,7 @@ class DataConfig:
     source: str = "embedded-mnist"
     num_workers: int = 0  # loader workers per rank
     stacked_size: int = 20000  # images drawn for embedded Stacked MNIST
+    hflip: bool = False  # random horizontal flips (CIFAR-10, CelebA-HQ recipes), repeated exactly on resume
 
     @property
     def is_embedded(self) -> bool:
@@ -92,7 +104,7 @@ class LDMConfig:
     num_steps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    schedule: Literal["linear", "cosine"] = "linear"
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
     class_conditional: bool = False
     label_dropout: float = 0.1  # for classifier-free guidance
     guidance_scale: float = 1.0
@@ -112,7 +124,7 @@ class LDMConfig:
 
 @dataclass
 class DDGANConfig:
-    """Stage 2b: the Denoising Diffusion GAN on the same latents."""
+    """Stage 2b: a Denoising Diffusion GAN on the same latents (`gan`: the same with T = 1)."""
 
     enabled: bool = True
     preset: str = "small"
@@ -120,14 +132,47 @@ class DDGANConfig:
     beta_min: float = 0.1
     beta_max: float = 20.0
     r1_gamma: float = 0.02
-    lazy_reg: int = 15  # R1 every k discriminator steps, scaled by k
+    lazy_reg: int = 15  # R1 on every k-th discriminator step
+    # "official": gamma / 2 * E||grad||^2 on those steps, as DDGAN's training script; "stylegan2": times k.
+    r1_scaling: Literal["official", "stylegan2"] = "official"
     ema_decay: float = 0.999
     g_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.6e-4, betas=(0.5, 0.9), grad_clip=0.0))
     d_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.25e-4, betas=(0.5, 0.9), grad_clip=0.0))
 
     def validate(self) -> None:
         if self.lazy_reg < 1:
-            raise ValueError("ddgan.lazy_reg must be >= 1")
+            raise ValueError("lazy_reg must be >= 1")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1 (1: the one-step GAN baseline), got {self.num_steps}")
+
+
+@dataclass
+class EvalConfig:
+    """Scoring the stage-2 models at the end of a pipeline run (and in the trilemma study)."""
+
+    enabled: bool = False
+    # "all" (every model's exported samplers) or MODEL[:SAMPLER[:STEPS]] items, e.g. [ldm:ddim, ddgan]
+    samplers: list[str] = field(default_factory=lambda: ["all"])
+    num_samples: int = 1000  # per model and sampler, the same for all (FID depends on it)
+    features: Literal["inception", "fd-mnist"] = "fd-mnist"  # "inception" is reported as FID
+    reference_size: int = 0  # reference images (0: the whole training set)
+    pr_samples: int = 1000  # per set for precision/recall (0: skip)
+    batch_size: int = 100
+    # MNIST classifier stem for FD-MNIST features and Stacked-MNIST modes; None: train the embedded one
+    # (about a minute on 2 CPU cores) and cache it
+    classifier: Optional[str] = None
+    grid_count: int = 64
+    # Ray evaluation workers (0: distributed.num_workers) and CPUs each (0: distributed.cpus_per_worker).
+    # Small networks sample faster in several one-thread processes than in one multi-threaded one.
+    num_workers: int = 0
+    cpus_per_worker: int = 0
+
+    def validate(self) -> None:
+        if self.num_workers < 0 or self.cpus_per_worker < 0:
+            raise ValueError("evaluation.num_workers and evaluation.cpus_per_worker must be >= 0")
+        if self.num_samples < 2 or self.batch_size < 1 or self.reference_size < 0 or self.pr_samples < 0:
+            raise ValueError("evaluation: num_samples >= 2, batch_size >= 1, reference_size >= 0 and "
+                             "pr_samples >= 0 required")
 
 
 @dataclass
@@ -164,6 +209,9 @@ class RunConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
     ddgan: DDGANConfig = field(default_factory=DDGANConfig)
+    # The one-step GAN baseline: the DDGAN's networks and losses with T = 1 (off unless enabled).
+    gan: DDGANConfig = field(default_factory=lambda: DDGANConfig(enabled=False, num_steps=1))
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=400, batch_size=64))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=800, batch_size=64))
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -171,5 +219,5 @@ class RunConfig:
     def validate(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
-        if not (self.ldm.enabled or self.ddgan.enabled):
-            raise ValueError("ldm.enabled and ddgan.enabled are both false: stage 2 would train nothing")
+        if not (self.ldm.enabled or self.ddgan.enabled or self.gan.enabled):
+            raise ValueError("ldm, ddgan and gan are all disabled: stage 2 would train nothing")

@@ -25,7 +25,8 @@ class ArrayStream:
     state is therefore (epoch, position within the epoch), identical on every rank, and it can be
     restored under another world size: the remaining samples of the epoch are simply cut into
     global batches of the new size. The tail of an epoch shorter than one global batch is skipped
-    (and counted in `metrics()["skipped_tail_samples"]`).
+    (and counted in `metrics()["skipped_tail_samples"]`). With `hflip`, each sample is mirrored with
+    probability 1/2, drawn from (seed, epoch) like the order, so a resumed run flips the same samples.
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class ArrayStream:
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        hflip: bool = False,
     ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -50,29 +52,37 @@ class ArrayStream:
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
+        self.hflip = hflip
         self.epoch = 0
         self.position = 0  # global samples consumed in this epoch
         self.samples_seen = 0  # global samples consumed since the start of training
         self.skipped_tail_samples = 0
 
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
+    def _epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's permutation and which positions of it are mirrored (both from seed and epoch)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.images), generator=g)
+        order = torch.randperm(len(self.images), generator=g)
+        if not self.hflip:
+            return order, torch.zeros(len(order), dtype=torch.bool)
+        return order, torch.rand(len(order), generator=g) < 0.5
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = self._epoch_order(self.epoch)
+        order, flips = self._epoch_order(self.epoch)
         while True:
             global_batch = self.batch_size * self.world_size
             if self.position + global_batch > len(order):
                 self.skipped_tail_samples += len(order) - self.position
                 self.epoch, self.position = self.epoch + 1, 0
-                order = self._epoch_order(self.epoch)
+                order, flips = self._epoch_order(self.epoch)
                 continue
             start = self.position + self.rank * self.batch_size
-            index = order[start : start + self.batch_size]
+            index, flip = order[start : start + self.batch_size], flips[start : start + self.batch_size]
             self.position += global_batch
             self.samples_seen += global_batch
-            yield {"image": uint8_to_unit_range(self.images[index]), "label": self.labels[index]}
+            images = self.images[index]  # (B, C, H, W) uint8
+            if self.hflip:
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            yield {"image": uint8_to_unit_range(images), "label": self.labels[index]}
 
     def state_dict(self) -> dict:
         """The position after the last batch handed out, as plain data."""

@@ -18,10 +18,11 @@ from distdiff.diffusion.ddpm import (
     q_sample,
 )
 from distdiff.diffusion.rng import per_sample_generators, randint, randn
-from distdiff.diffusion.schedules import Schedule, ddgan_schedule, ddpm_schedule, extract, vp_alpha_bar
+from distdiff.diffusion.schedules import Schedule, ScheduleSpec, ddgan_schedule, ddpm_schedule, extract, vp_alpha_bar
 
 __all__ = [
     "Schedule",
+    "ScheduleSpec",
     "ddpm_schedule",
     "ddgan_schedule",
     "vp_alpha_bar",

@@ -106,9 +106,10 @@ def ddpm_schedule(
         num_steps: T.
         beta_start, beta_end: first and last beta of the linear schedule
             (beta_t = beta_start + t (beta_end - beta_start) / (T - 1)).
-        kind: "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021:
-            abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), s = 0.008, beta_t = 1 - abar(t+1)/abar(t)
-            clipped to 0.999; beta_start/beta_end are ignored).
+        kind: "linear" (Ho et al. 2020), "scaled_linear" (latent diffusion and Stable Diffusion:
+            linear in sqrt(beta), beta_t = (sqrt(beta_start) + t (sqrt(beta_end) - sqrt(beta_start)) / (T - 1))^2)
+            or "cosine" (Nichol & Dhariwal 2021: abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), s = 0.008,
+            beta_t = 1 - abar(t+1)/abar(t) clipped to 0.999; beta_start/beta_end are ignored).
 
     Returns:
         Schedule.
@@ -117,10 +118,12 @@ def ddpm_schedule(
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if kind == "linear":
         betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
     elif kind == "cosine":
         betas = _cosine_betas(num_steps)
     else:
-        raise ValueError(f"unknown schedule kind {kind!r}; expected 'linear' or 'cosine'")
+        raise ValueError(f"unknown schedule kind {kind!r}; expected 'linear', 'scaled_linear' or 'cosine'")
     return Schedule.from_betas(betas)
 
 
@@ -173,3 +176,55 @@ def ddgan_schedule(num_steps: int = 4, beta_min: float = 0.1, beta_max: float = 
     abar = vp_alpha_bar(grid, beta_min, beta_max)  # (T + 1,)
     betas = 1.0 - abar[1:] / abar[:-1]  # (T,)
     return Schedule.from_betas(betas)
+
+
+SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "vp")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """What builds a schedule, as plain data that travels with an export.
+
+    Args:
+        kind: "linear", "scaled_linear" or "cosine" (DDPM over `num_steps` betas, see `ddpm_schedule`) or
+            "vp" (the DDGAN paper's discretised VP-SDE, see `ddgan_schedule`).
+        num_steps: T.
+        beta_start, beta_end: first and last beta of the (scaled) linear schedules (ignored otherwise).
+        beta_min, beta_max: the VP-SDE's beta range (kind "vp" only).
+    """
+
+    kind: str
+    num_steps: int
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"unknown schedule kind {self.kind!r}; valid: {', '.join(SCHEDULE_KINDS)}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+
+    def build(self) -> Schedule:
+        """The float64 schedule these settings describe."""
+        if self.kind == "vp":
+            return ddgan_schedule(self.num_steps, self.beta_min, self.beta_max)
+        return ddpm_schedule(self.num_steps, self.beta_start, self.beta_end, kind=self.kind)
+
+    def to_dict(self) -> dict:
+        """The fields that matter for this kind, as plain data."""
+        out: dict = {"kind": self.kind, "num_steps": self.num_steps}
+        if self.kind in ("linear", "scaled_linear"):
+            out.update(beta_start=self.beta_start, beta_end=self.beta_end)
+        elif self.kind == "vp":
+            out.update(beta_min=self.beta_min, beta_max=self.beta_max)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScheduleSpec":
+        """Inverse of `to_dict`; unknown keys are an error."""
+        unknown = sorted(set(data) - {"kind", "num_steps", "beta_start", "beta_end", "beta_min", "beta_max"})
+        if unknown:
+            raise ValueError(f"unknown schedule field(s) {', '.join(unknown)} in {data!r}")
+        return cls(**data)

@@ -1,39 +1,39 @@
-"""Stage 2: the LDM U-Net and the DDGAN trained jointly on one latent stream.
+"""Stage 2: any set of denoisers (the LDM U-Net, DDGANs, GAN baselines) trained jointly on one latent stream.
 
-One data pass and one VAE encode per batch feed both models; each keeps its own optimizer,
-EMA and metrics, and either can be switched off.
+One data pass and one VAE encode per batch feed every member; each keeps its own networks,
+optimizers, EMA and metrics, so their curves and samples are comparable step for step.
 """
 
 from __future__ import annotations
 
 import torch
 
-from distdiff.tasks.ddgan import DDGANTask
-from distdiff.tasks.latents import LatentSource
-from distdiff.tasks.ldm import LDMTask
 from distdiff.tasks.base import Updater
+from distdiff.tasks.latents import LatentSource
 
 
 class JointLatentTask:
-    """Encode once, then step the LDM and/or the DDGAN on the same latents."""
+    """Encode once, then step each member on the same latents, in order.
 
-    def __init__(self, latents: LatentSource, ldm: LDMTask | None, ddgan: DDGANTask | None):
-        if ldm is None and ddgan is None:
-            raise ValueError("JointLatentTask needs at least one of ldm and ddgan")
+    Args:
+        latents: turns a batch into diffusion-space tensors z0.
+        members: name -> task with `networks` and `step(z0, batch, updater, step, generator)`.
+    """
+
+    def __init__(self, latents: LatentSource, members: dict):
+        if not members:
+            raise ValueError("JointLatentTask needs at least one member")
         self.latents = latents
-        self.ldm = ldm
-        self.ddgan = ddgan
+        self.members = dict(members)
 
     @property
     def networks(self) -> tuple[str, ...]:
-        return (self.ldm.networks if self.ldm else ()) + (self.ddgan.networks if self.ddgan else ())
+        return tuple(net for task in self.members.values() for net in task.networks)
 
     def step(self, batch: dict, updater: Updater, step: int, generator: torch.Generator | None) -> dict[str, float]:
-        """One joint step on a batch; returns the metrics of both models."""
+        """One joint step on a batch; returns the metrics of every member."""
         z0 = self.latents(batch, generator)  # (B, c, h, w)
         metrics = {"latent/std": float(z0.std())}
-        if self.ldm is not None:
-            metrics.update(self.ldm.step(z0, batch["label"], updater, generator))
-        if self.ddgan is not None:
-            metrics.update(self.ddgan.step(z0, updater, step, generator))
+        for task in self.members.values():
+            metrics.update(task.step(z0, batch, updater, step, generator))
         return metrics

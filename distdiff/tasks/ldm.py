@@ -29,11 +29,11 @@ class LDMTask:
         drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.label_dropout
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
-    def step(self, z0: torch.Tensor, labels: torch.Tensor, updater: Updater, generator) -> dict[str, float]:
-        """One optimizer step of the U-Net on latents z0 (B, c, h, w); returns metrics."""
+    def step(self, z0: torch.Tensor, batch: dict, updater: Updater, step: int, generator) -> dict[str, float]:
+        """One optimizer step of the U-Net on latents z0 (B, c, h, w) (labels from `batch`); returns metrics."""
         kwargs = {}
         if self.num_classes is not None:
-            kwargs["y"] = self._labels(labels, generator)
+            kwargs["y"] = self._labels(batch["label"].to(z0.device), generator)
         loss = ddpm_loss(updater.module("unet"), self.schedule, z0, generator=generator, model_kwargs=kwargs)
         check_finite("ldm loss", loss)
         stats = updater.update("unet", loss)

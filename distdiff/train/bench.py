@@ -50,18 +50,19 @@ def _timed_loop(cfg: RunConfig, make_engine, steps: int, warmup: int, rank: int 
                 start_together=None) -> tuple[float, float]:
     """Steps per wall second and per CPU second of a bare loop over this rank's in-memory batches:
     the stage-2 networks on engines from `make_engine`, their EMAs, the joint task, one thread."""
-    from distdiff.tasks import DDGANTask, JointLatentTask, LatentSource, LDMTask
-    from distdiff.train.context import LocalContext
+    from distdiff.tasks import LatentSource, build_stage2
     from distdiff.train.data_source import build_source_stream
-    from distdiff.train.stages import Stage2Networks, _schedules
+    from distdiff.train.ema import EMA
+    from distdiff.train.engines import EngineSet
 
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
-    ctx = LocalContext(Path(tempfile.mkdtemp()), torch.device("cpu"))
-    nets = Stage2Networks(cfg, ctx, make_engine, 1, None)
-    ldm_schedule, gan_schedule = _schedules(cfg)
-    task = JointLatentTask(LatentSource(None), LDMTask(ldm_schedule, None, cfg.ldm.label_dropout),
-                           DDGANTask(gan_schedule, nets.nz, cfg.ddgan.r1_gamma, cfg.ddgan.lazy_reg))
+    setup = build_stage2(cfg, LatentSource(None), (1, 32, 32), (1, 32, 32), None)
+    engines = EngineSet({name: make_engine(name, net.module, net.optim, net.optimizer)
+                         for name, net in setup.networks.items()})
+    emas = {name: EMA(engines[name].module, net.ema_decay)
+            for name, net in setup.networks.items() if net.ema_decay is not None}
+    task = setup.task
     stream = iter(build_source_stream(DataConfig(source="embedded-mnist"), cfg.stage2.batch_size, rank,
                                       world_size, cfg.seed))
     batches = [next(stream) for _ in range(8)]
@@ -72,9 +73,9 @@ def _timed_loop(cfg: RunConfig, make_engine, steps: int, warmup: int, rank: int 
             if start_together:
                 start_together()
             start, cpu_start = time.perf_counter(), time.process_time()
-        task.step(batches[step % len(batches)], nets.engines, step, generator)
-        for name, ema in nets.emas.items():
-            ema.update(nets.engines[name].module)
+        task.step(batches[step % len(batches)], engines, step, generator)
+        for name, ema in emas.items():
+            ema.update(engines[name].module)
     return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu_start)
 
 

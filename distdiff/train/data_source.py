@@ -41,8 +41,8 @@ def build_source_stream(cfg: DataConfig, batch_size: int, rank: int, world_size:
     """The stream of batches for one rank (embedded arrays in memory, or shards)."""
     if cfg.is_embedded:
         images, labels = _embedded_arrays(cfg, seed)
-        return ArrayStream(images, labels, batch_size, rank=rank, world_size=world_size, seed=seed)
+        return ArrayStream(images, labels, batch_size, rank=rank, world_size=world_size, seed=seed, hflip=cfg.hflip)
     from distdiff.data import build_stream
 
     return build_stream(cfg.source, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers, hflip=cfg.hflip)

@@ -18,12 +18,14 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from distdiff.config import DistributedConfig, OptimConfig
 from distdiff.train.checkpoint import CheckpointError
+from distdiff.train.engines import lr_factor
 
 CHECKPOINT_TAG = "state"  # DeepSpeed's per-checkpoint subfolder; one checkpoint per engine folder
 ENGINE_META = "deepspeed.json"  # world size / ZeRO stage / precision the engine was saved with
@@ -87,7 +89,7 @@ def build_deepspeed_config(optim: OptimConfig, kind: str, dist: DistributedConfi
     }
     if optim.grad_clip > 0:
         config["gradient_clipping"] = optim.grad_clip
-    if optim.warmup_steps > 0:
+    if optim.warmup_steps > 0 and optim.schedule != "cosine":  # a cosine schedule is a client scheduler
         config["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": optim.lr, "warmup_num_steps": optim.warmup_steps,
             "warmup_type": "linear"}}
@@ -168,15 +170,21 @@ class DeepSpeedEngine:
     Args:
         module: the network on this rank's device (identical initial weights on every rank).
         ds_config: from `build_deepspeed_config`.
+        lr_schedule: LR multiplier per optimizer step (`distdiff.train.engines.lr_factor`), for the
+            schedules DeepSpeed's JSON does not express exactly (cosine).
     """
 
-    def __init__(self, module: nn.Module, ds_config: dict):
+    def __init__(self, module: nn.Module, ds_config: dict, lr_schedule: Callable[[int], float] | None = None):
         import deepspeed
 
         _prepare_deepspeed()
         self.config = ds_config
+        # A client scheduler runs the plain engines' own LR curve, so both kinds of engine follow it exactly
+        # (DeepSpeed's WarmupCosineLR spends its first step at lr 0 and needs a warm-up).
+        client = (lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)) if lr_schedule else None
         self.engine, _, _, _ = deepspeed.initialize(
-            model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=ds_config
+            model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=ds_config,
+            lr_scheduler=client,
         )
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
         self.bf16 = bool(ds_config.get("bf16", {}).get("enabled", False))
@@ -331,7 +339,7 @@ def deepspeed_engine_factory(dist: DistributedConfig, precision: str, micro_batc
     def make(name: str, module: nn.Module, optim: OptimConfig, kind: str) -> DeepSpeedEngine:
         config = build_deepspeed_config(optim, kind, dist, precision, micro_batch_size, name in universal,
                                         resident=name in ZERO3_RESIDENT)
-        return DeepSpeedEngine(module, config)
+        return DeepSpeedEngine(module, config, lr_factor(optim) if optim.schedule == "cosine" else None)
 
     return make
 

@@ -1,4 +1,4 @@
-"""Plain-PyTorch engines: a network with its optimizer, LR warmup and gradient clipping.
+"""Plain-PyTorch engines: a network with its optimizer, LR schedule and gradient clipping.
 
 The DeepSpeed engines in `deepspeed_engines.py` expose the same small surface, so the loop and
 the tasks run unchanged on either.
@@ -6,6 +6,7 @@ the tasks run unchanged on either.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,9 +22,20 @@ def make_optimizer(params, cfg: OptimConfig, kind: str = "adamw") -> torch.optim
     return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def warmup_factor(warmup_steps: int):
-    """LR multiplier: linear warmup from ~0 to 1 over `warmup_steps`, then constant."""
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+def lr_factor(cfg: OptimConfig):
+    """LR multiplier per optimizer step: linear warmup over `warmup_steps`, then 1 ("constant") or a
+    half cosine from 1 to min_lr / lr over `decay_steps` ("cosine"), counted from the end of the warmup."""
+    floor = cfg.min_lr / cfg.lr
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule != "cosine" or cfg.decay_steps <= 0:
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.decay_steps - cfg.warmup_steps))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
 
 
 class TorchEngine:
@@ -39,7 +51,7 @@ class TorchEngine:
         self.module = module
         self.cfg = cfg
         self.optimizer = make_optimizer(module.parameters(), cfg, kind)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(cfg.warmup_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
 
     @property
     def forward_module(self) -> nn.Module:

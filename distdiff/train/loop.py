@@ -46,6 +46,7 @@ class StagePlan:
     # Micro-steps per optimizer step (DeepSpeed gradient accumulation): checkpoints fall on multiples,
     # where no partly accumulated gradient would be lost.
     accumulation: int = 1
+    export_names: dict = field(default_factory=dict)  # engine name -> weight stem in the export
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

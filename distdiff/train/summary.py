@@ -8,10 +8,9 @@ from pathlib import Path
 
 import torch
 
-from distdiff.config import RunConfig
-from distdiff.images import save_grid
-from distdiff.tasks import LatentSampler
-from distdiff.train.stages import SAMPLE_SEED_BASE, _grid_labels, ddim_name
+from distdiff.images import save_comparison, save_grid
+from distdiff.tasks import Stage2Sampler, sampler_key, sampler_label, sampler_nfe
+from distdiff.train.stages import grid_seeds
 
 
 def _timed(fn, n: int) -> tuple[torch.Tensor, float]:
@@ -20,28 +19,29 @@ def _timed(fn, n: int) -> tuple[torch.Tensor, float]:
     return images, (time.perf_counter() - start) / n
 
 
-def time_samplers(cfg: RunConfig, sampler: LatentSampler, n: int, out_dir: Path) -> dict:
-    """Seconds per image (and NFE) of LDM-DDPM, LDM-DDIM and DDGAN on `n` images; saves their grids."""
-    seeds = list(range(SAMPLE_SEED_BASE, SAMPLE_SEED_BASE + n))
-    results = {}
-    if sampler.unet is not None:
-        labels = _grid_labels(cfg, sampler, n)
-        runs = ((f"ldm_ddpm{cfg.ldm.num_steps}", "ddpm", cfg.ldm.num_steps, 1.0),
-                (ddim_name(cfg), "ddim", cfg.ldm.ddim_steps, cfg.ldm.ddim_eta))
-        for name, method, steps, eta in runs:
-            images, spi = _timed(lambda: sampler.sample_ldm(seeds, method, steps, labels, True, eta), n)
-            results[name] = {"seconds_per_image": spi, "nfe": steps}
-            save_grid(images, out_dir / f"{name}-final.png")
-    if sampler.generator is not None:
-        steps = sampler.ddgan_schedule.num_steps
-        images, spi = _timed(lambda: sampler.sample_ddgan(seeds), n)
-        results[f"ddgan_{steps}step"] = {"seconds_per_image": spi, "nfe": steps}
-        save_grid(images, out_dir / f"ddgan_{steps}step-final.png")
+def time_samplers(sampler: Stage2Sampler, n: int, out_dir: Path) -> dict:
+    """Seconds per image, NFE and parameters of every default sampler on `n` images; saves their grids
+    and one comparison sheet with every sampler side by side.
+
+    Seconds per image cover the whole draw: every network evaluation and the VAE decode.
+    """
+    seeds, labels = grid_seeds(n), sampler.class_labels(range(n))
+    results, panels = {}, {}
+    for model, settings in sampler.default_samplers():
+        key, label = sampler_key(model, settings), sampler_label(model, settings)
+        images, spi = _timed(lambda: sampler.sample(model, settings, seeds, labels, progress=True), n)
+        results[key] = {"label": label, "seconds_per_image": spi, "nfe": sampler_nfe(model, settings),
+                        "parameters": model.parameters}
+        save_grid(images, out_dir / f"{key}-final.png")
+        panels[label] = images
+    save_comparison(panels, out_dir / "comparison-final.png")
     return results
 
 
-def write_summary(path: Path, stages: dict, sampling: dict) -> dict:
-    """Write summary.json: per-stage final metrics and sampler timings."""
+def write_summary(path: Path, stages: dict, sampling: dict, evaluation: dict | None = None) -> dict:
+    """Write summary.json: per-stage final metrics, sampler timings and (if run) the evaluation table."""
     summary = {"stages": stages, "sampling": sampling}
+    if evaluation is not None:
+        summary["evaluation"] = evaluation
     path.write_text(json.dumps(summary, indent=1))
     return summary
