@@ -40,3 +40,25 @@ def s3_env(seaweed, monkeypatch):
 def s3_bucket(s3_env):
     """A fresh, empty bucket on the session server (with the AWS environment set)."""
     return s3_env.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def quick_classifier_stem(tmp_path_factory):
+    """The path stem of an MNIST classifier trained for seconds (3 epochs on 2,000 digits, > 90 % held out).
+
+    Pipelines and studies in the tests score with it instead of training the full one (about a minute).
+    """
+    import torch
+
+    from distdiff.data.embedded import load_embedded_mnist
+    from distdiff.eval.classifier import save_classifier, split_train_test, train_mnist_classifier
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    images, labels = load_embedded_mnist()
+    train, _ = split_train_test(len(images), 1000, seed=0)
+    model = train_mnist_classifier(images[train[:2000]], labels[train[:2000]], epochs=3, width=8, seed=0, log=None)
+    torch.set_num_threads(threads)
+    stem = tmp_path_factory.mktemp("classifier") / "quick"
+    save_classifier(model, stem)
+    return stem

@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
 
 def _settings(root, export, out: str, cache: str) -> EvalSettings:
     return EvalSettings(
-        checkpoint=str(export), num_samples=20, batch_size=4, seed=3, ldm_samplers=(("ddim", 2),),
+        checkpoint=str(export), num_samples=20, batch_size=4, seed=3, samplers=("ldm:ddim", "ddgan"),
         features="fd-mnist", classifier=str(root / "classifier"), pr_count=12, grid_count=9,
         stats_cache=cache, out=out,
     )

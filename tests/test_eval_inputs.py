@@ -57,7 +57,7 @@ def test_partial_checkpoint_names_the_missing_file(export):
 
 def test_model_absent_from_checkpoint(tmp_path):
     only_gan = write_tiny_export(tmp_path / "gan", models=("ddgan",))
-    with pytest.raises(CheckpointError, match="no LDM model .*ddgan_generator"):
+    with pytest.raises(CheckpointError, match="no model .ldm. in this export \(models: ddgan\)"):
         EvalCheckpoint(str(only_gan), ["ldm"])
 
 
@@ -89,7 +89,8 @@ def test_empty_and_mismatched_references(export, tmp_path):
     with pytest.raises(ReferenceDataError, match=r"\(3, 32, 32\).*\(1, 32, 32\): a mismatched reference"):
         preflight(settings)
     empty = ArrayReference(load_embedded_mnist()[0][:0], "nothing")
-    settings = EvalSettings(checkpoint=str(export), models=("ddgan",), num_samples=4, batch_size=4, features="fd-mnist",
+    settings = EvalSettings(checkpoint=str(export), samplers=("ddgan",), num_samples=4, batch_size=4,
+                            features="fd-mnist",
                             classifier=str(tmp_path / "cls"), pr_count=0, grid_count=0, stats_cache=str(tmp_path / "c"))
     with pytest.raises(ReferenceDataError, match="yielded 0 image"):
         evaluate_worker(0, 1, local_reduce_sum, settings, reference=empty)
@@ -128,7 +129,7 @@ def test_checkpoint_reference_cache_and_outputs_on_s3(s3_bucket, tmp_path, monke
             writer.write(f"d{i:04d}", image_sample(images[i * 211], int(labels[i * 211])))
     save_classifier(MnistClassifier(width=8), tmp_path / "cls")
     settings = EvalSettings(checkpoint=f"s3://{s3_bucket}/run/export", reference=f"s3://{s3_bucket}/digits",
-                            num_samples=6, batch_size=3, ldm_samplers=(("ddim", 2),), features="fd-mnist",
+                            num_samples=6, batch_size=3, samplers=("ldm:ddim", "ddgan"), features="fd-mnist",
                             classifier=str(tmp_path / "cls"), pr_count=5, grid_count=4)
     preflight(settings)
     first = evaluate_worker(0, 1, local_reduce_sum, settings)

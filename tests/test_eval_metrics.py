@@ -10,7 +10,7 @@ import scipy.linalg
 import torch
 
 from distdiff.eval.frechet import frechet_distance, frechet_distance_from_stats, frechet_distance_torchmetrics
-from distdiff.eval.grid import make_grid, quantize_to_uint8, save_image_grid
+from distdiff.images import make_grid, quantize_to_uint8, save_grid
 from distdiff.eval.modes import mode_coverage, mode_histogram
 from distdiff.eval.precision_recall import knn_radii, precision_recall
 from distdiff.eval.stats import FeatureStats, local_reduce_sum
@@ -146,7 +146,7 @@ def test_quantize_matches_png_and_inverts_the_data_mapping(tmp_path):
     assert torch.equal(clamped, torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
     noisy = torch.rand(4, 3, 8, 8) * 2.2 - 1.1
     q = quantize_to_uint8(noisy)
-    path = save_image_grid(q, tmp_path / "g.png", nrow=2)
+    path = save_grid(q, tmp_path / "g.png", nrow=2, scale=1)
     grid = np.asarray(Image.open(path))
     np.testing.assert_array_equal(grid, make_grid(q, nrow=2))  # PNG stores exactly these bytes
     np.testing.assert_array_equal(grid[2:10, 2:10], q[0].permute(1, 2, 0).numpy())

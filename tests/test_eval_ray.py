@@ -31,7 +31,7 @@ def test_ray_two_workers_equal_one_process_and_reuse_cached_reference(tmp_path, 
 
     def settings(out: str, cache: str | None) -> EvalSettings:
         return EvalSettings(checkpoint=str(export), reference=str(tmp_path / "digits"), num_samples=14,
-                            batch_size=4, ldm_samplers=(("ddim", 2),), features="fd-mnist",
+                            batch_size=4, samplers=("ldm:ddim", "ddgan"), features="fd-mnist",
                             classifier=str(tmp_path / "classifier"), pr_count=10, grid_count=4,
                             stats_cache=cache, out=out)
 

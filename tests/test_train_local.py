@@ -24,10 +24,13 @@ def smoke_config(tmp_path: Path, *overrides: str) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One whole smoke pipeline, shared by the tests that inspect its outputs."""
+def finished_run(tmp_path_factory, quick_classifier_stem):
+    """One whole smoke pipeline (LDM, DDGAN and GAN, then the evaluator on its own export), shared by the
+    tests that inspect its outputs."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    cfg = smoke_config(tmp)
+    cfg = smoke_config(tmp, "gan.enabled=true", "gan.preset=tiny", "evaluation.enabled=true",
+                       "evaluation.num_samples=8", "evaluation.batch_size=4", "evaluation.pr_samples=6",
+                       f"evaluation.classifier={quick_classifier_stem}")
     summary = run_pipeline_local(cfg)
     return cfg, tmp / cfg.name, summary
 
@@ -35,21 +38,43 @@ def finished_run(tmp_path_factory):
 def test_pipeline_writes_everything_a_user_expects(finished_run):
     cfg, run, summary = finished_run
     assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
-    assert json.loads((run / "summary.json").read_text()) == summary
+    written = json.loads((run / "summary.json").read_text())
+    assert written == {k: v for k, v in summary.items() if k != "evaluation_results"}
     for stage in ("vae", "ldm"):
         records = read_metrics(run / stage / "metrics.jsonl")
         assert records[-1]["step"] == 6
         assert list((run / stage / "checkpoints").glob("step-00000006/COMPLETE"))
     assert (run / "vae" / "export" / "vae.safetensors").is_file()
     export = json.loads((run / "ldm" / "export" / "export.json").read_text())
-    assert set(export["models"]) >= {"unet", "unet_ema", "ddgan_generator", "ddgan_generator_ema"}
+    assert set(export["files"]) == {"unet", "unet_ema", "ddgan_generator", "ddgan_generator_ema",
+                                    "ddgan_discriminator", "gan_generator", "gan_generator_ema", "gan_discriminator"}
+    assert [m["name"] for m in export["models"]] == ["ldm", "ddgan", "gan"]
+    assert export["models"][0]["samplers"] == [{"name": "ddpm"}, {"name": "ddim", "steps": 5, "eta": 0.0}]
+    assert export["models"][2]["schedule"] == {"kind": "vp", "num_steps": 1, "beta_min": 0.1, "beta_max": 20.0}
     samples = {p.name for p in (run / "ldm" / "samples").glob("*.png")}
-    assert {"ldm_ddpm50-final.png", "ldm_ddim5-final.png", "ddgan_4step-final.png"} <= samples
+    assert {"ldm-ddpm50-final.png", "ldm-ddim5-final.png", "ddgan-4step-final.png", "gan-1step-final.png",
+            "comparison-final.png"} <= samples
     assert (run / "vae" / "samples" / "vae_reconstructions-latest.png").is_file()
     sampling = summary["sampling"]
-    assert sampling["ddgan_4step"]["nfe"] == 4 and sampling["ldm_ddpm50"]["nfe"] == 50
-    assert all(v["seconds_per_image"] > 0 for v in sampling.values())
+    assert sampling["ddgan-4step"]["nfe"] == 4 and sampling["ldm-ddpm50"]["nfe"] == 50
+    assert sampling["gan-1step"]["nfe"] == 1 and sampling["gan-1step"]["label"] == "GAN-1"
+    assert all(v["seconds_per_image"] > 0 and v["parameters"] > 0 for v in sampling.values())
     assert summary["stages"]["ldm"]["steps"] == 6 and summary["stages"]["ldm"]["images_per_sec"] > 0
+
+
+def test_pipeline_evaluates_its_own_export(finished_run):
+    """The evaluator scores the checkpoint the trainer wrote, with the samplers it was exported with."""
+    cfg, run, summary = finished_run
+    table = summary["evaluation"]
+    assert table["metric"] == "FD-MNIST" and table["num_samples"] == 8
+    assert list(table["rows"]) == ["ldm-ddpm50", "ldm-ddim5", "ddgan-4step", "gan-1step"]
+    for row in table["rows"].values():
+        assert row["metric"] > 0 and row["num_samples"] == 8 and row["parameters"] > 0
+    results = summary["evaluation_results"]
+    assert results["checkpoint"] == str(run / "ldm" / "export")
+    assert {"reference", "ldm-ddpm50", "gan-1step"} <= set(results["phase_seconds"])
+    assert {"eval.json", "eval.md", "comparison.png", "samples_gan-1step.png"} <= {
+        p.name for p in (run / "eval").iterdir()}
 
 
 def test_vae_export_carries_the_latent_scale_factor(finished_run):

@@ -18,11 +18,11 @@ from typing import Iterator, Sequence
 
 import torch
 
-from distdiff.eval.grid import quantize_to_uint8
-from distdiff.eval.modes import NUM_STACKED_MODES, mode_histogram, stacked_mnist_modes
+from distdiff.eval.modes import mode_histogram, num_digit_modes, stacked_mnist_modes
 from distdiff.eval.reference import rank_batches_of
 from distdiff.eval.sources import sample_seed
 from distdiff.eval.stats import FeatureStats, ReduceSum
+from distdiff.images import quantize_to_uint8
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Accumulator:
     stats: FeatureStats
     pr_features: torch.Tensor  # (pr_count, D) float32, rows of other workers' images are zero
     grid: torch.Tensor  # (grid_count, C, H, W) float32 pixel values 0..255 (exact integers)
-    modes: torch.Tensor | None  # (1000,) float64 or None
+    modes: torch.Tensor | None  # (1000,) float64 for Stacked MNIST, (10,) for MNIST, or None
     seconds: torch.Tensor  # (2,) float64: generation, feature extraction
 
     @classmethod
@@ -42,7 +42,7 @@ class Accumulator:
             FeatureStats.empty(dim, device),
             torch.zeros(pr_count, dim, dtype=torch.float32),
             torch.zeros(grid_count, *image_shape, dtype=torch.float32),
-            torch.zeros(NUM_STACKED_MODES, dtype=torch.float64) if with_modes else None,
+            torch.zeros(num_digit_modes(image_shape), dtype=torch.float64) if with_modes else None,
             torch.zeros(2, dtype=torch.float64),
         )
 
@@ -55,7 +55,7 @@ class Accumulator:
         keep = indices < self.grid.shape[0]
         self.grid[indices[keep]] = images[keep].float()
         if self.modes is not None and modes is not None:
-            self.modes += mode_histogram(modes.cpu(), NUM_STACKED_MODES)
+            self.modes += mode_histogram(modes.cpu(), len(self.modes))
 
     def all_reduced(self, reduce_sum: ReduceSum) -> "Accumulator":
         """The sums over all workers (every worker calls this, in the same order)."""
@@ -92,7 +92,8 @@ def generated_batches(source, num_samples: int, rank: int, world_size: int, batc
 
 
 def accumulate(batches, extractor, image_shape: Sequence[int], pr_count: int, grid_count: int,
-               classifier=None, device: str | torch.device = "cpu") -> Accumulator:
+               classifier=None, device: str | torch.device = "cpu", progress: str | None = None,
+               total: int | None = None) -> Accumulator:
     """Run the extractor (and mode classifier) over this worker's batches.
 
     Args:
@@ -103,11 +104,16 @@ def accumulate(batches, extractor, image_shape: Sequence[int], pr_count: int, gr
         grid_count: gather the images of global indices below this (sample grid).
         classifier: an MNIST classifier for Stacked-MNIST modes, or None.
         device: where the feature statistics accumulate.
+        progress: a progress-bar title (None: no bar).
+        total: images this worker will see, for the bar.
 
     Returns:
         this worker's (not yet reduced) accumulator.
     """
+    from tqdm import tqdm
+
     acc = Accumulator.empty(extractor.feature_dim, image_shape, pr_count, grid_count, classifier is not None, device)
+    bar = tqdm(total=total, desc=progress, unit="img", disable=progress is None, mininterval=2.0, dynamic_ncols=True)
     for indices, images, gen_seconds in batches:
         start = time.perf_counter()
         features = extractor(images)  # (B, D), on the extractor's device
@@ -117,4 +123,6 @@ def accumulate(batches, extractor, image_shape: Sequence[int], pr_count: int, gr
         acc.seconds[0] += gen_seconds
         modes = stacked_mnist_modes(classifier, images) if classifier is not None else None
         acc.add(indices, images, features, modes)
+        bar.update(len(indices))
+    bar.close()
     return acc

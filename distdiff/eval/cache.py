@@ -26,7 +26,7 @@ class ReferenceStats:
 
     stats: FeatureStats
     pr_features: torch.Tensor | None  # (n, D) features of dataset images 0..n-1, or None
-    mode_histogram: torch.Tensor | None  # (1000,) float64 counts for Stacked MNIST, or None
+    mode_histogram: torch.Tensor | None  # float64 counts per digit mode (1000 Stacked MNIST, 10 MNIST), or None
     num_images: int
 
 

@@ -1,8 +1,9 @@
 """Opening a stage-2 export folder for evaluation, with one clear message per kind of bad input.
 
-The trainer writes `<run>/ldm/export/` holding `export.json` (models present, schedules, shapes),
-the raw and EMA weights (`unet`, `unet_ema`, `ddgan_generator`, `ddgan_generator_ema`, each as
-`.safetensors` + `.json`) and, for latent space, a copy of the VAE. An `s3://` export is first
+The trainer writes `<run>/ldm/export/` holding `export.json` (the `Stage2Spec`: models, schedules,
+samplers and their settings, shapes, files), the raw and EMA weights (`unet`, `unet_ema`,
+`ddgan_generator`, `gan_generator_ema`, ..., each as `.safetensors` + `.json`) and, for latent space,
+a copy of the VAE. An `s3://` export is first
 copied into a temporary folder (only export.json and the files the evaluation needs).
 """
 
@@ -12,15 +13,16 @@ import json
 import shutil
 import tempfile
 import weakref
+from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from distdiff.tasks import LatentSource, ModelSpec, Stage2Sampler, Stage2Spec, select_samplers
+
 EXPORT_FILE = "export.json"
-# Which saved weights serve each evaluated model, best first: EMA weights are what one samples from.
-MODEL_WEIGHTS = {"ldm": ("unet_ema", "unet"), "ddgan": ("ddgan_generator_ema", "ddgan_generator")}
-MODEL_FAMILY = {"ldm": "unet", "ddgan": "ddgan_generator"}
-REQUIRED_KEYS = ("models", "space", "image_shape", "latent_shape")
+MODEL_FAMILY = {"diffusion": "unet", "ddgan": "ddgan_generator"}  # model kind -> weights' family
 
 
 class CheckpointError(ValueError):
@@ -78,58 +80,57 @@ def _local_copy(root: str, names: list[str], local: Path | None) -> Path:
 
 
 class EvalCheckpoint:
-    """A validated stage-2 export.
+    """A validated stage-2 export and the samplers an evaluation selects from it.
 
     Args:
         path: export folder, run folder, or s3:// prefix of either.
-        models: which models the evaluation needs ("ldm", "ddgan").
+        samplers: "all" or MODEL[:SAMPLER[:STEPS]] items (see `distdiff.tasks.select_samplers`).
     """
 
-    def __init__(self, path: str, models: list[str]):
-        unknown = sorted(set(models) - set(MODEL_WEIGHTS))
-        if unknown:
-            raise CheckpointError(f"unknown model(s) {unknown}; valid: {sorted(MODEL_WEIGHTS)}")
+    def __init__(self, path: str, samplers: str | Sequence[str] = ("all",)):
         self.root = _resolve_root(str(path))
         self._tmp = None
         if _is_s3(self.root):
             self._tmp = Path(tempfile.mkdtemp(prefix="distdiff-export-"))
             weakref.finalize(self, shutil.rmtree, self._tmp, True)  # removed with this object
         meta_dir = _local_copy(self.root, [EXPORT_FILE], self._tmp)
-        self.meta = self._read_meta(meta_dir / EXPORT_FILE)
-        self.weights = {kind: self._pick_weights(kind) for kind in models}
+        self.spec = self._read_spec(meta_dir / EXPORT_FILE)
+        try:
+            self.selection = select_samplers(self.spec, samplers)
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{self.root}: {err.args[0] if err.args else err}") from None
+        models = {model.name: model for model, _ in self.selection}
+        self.weights = {name: self._pick_weights(model) for name, model in models.items()}
         needed = [n + ext for n in self.weights.values() for ext in (".safetensors", ".json")]
-        if self.meta["space"] == "latent":
-            needed += ["vae.safetensors", "vae.json"]
+        if self.spec.space == "latent":
+            needed += [f"{self.spec.vae}.safetensors", f"{self.spec.vae}.json"]
         missing = [n for n in needed if not _exists(_join(self.root, n))]
         if missing:
             raise CheckpointError(f"partial checkpoint {self.root}: missing {', '.join(missing)}")
         self.local_dir = _local_copy(self.root, needed, self._tmp)
 
-    def _read_meta(self, path: Path) -> dict:
+    def _read_spec(self, path: Path) -> Stage2Spec:
         where = _join(self.root, EXPORT_FILE)
         try:
-            meta = json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{where} is not valid JSON: {err}") from err
-        missing = [k for k in REQUIRED_KEYS if k not in meta]
-        if missing:
-            raise CheckpointError(f"{where} lacks {', '.join(missing)}: not a distdiff stage-2 export")
-        if meta["space"] not in ("latent", "pixel"):
-            raise CheckpointError(f"{where}: space must be 'latent' or 'pixel', got {meta['space']!r}")
-        return meta
+        try:
+            return Stage2Spec.from_dict(data)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: {err}: not a distdiff stage-2 export of this version") from None
 
-    def _pick_weights(self, kind: str) -> str:
-        present = self.meta.get("models") or []
-        for name in MODEL_WEIGHTS[kind]:
-            if name in present:
+    def _pick_weights(self, model: ModelSpec) -> str:
+        """The EMA weights of the model's sampling network when exported, else its raw weights."""
+        for name in (f"{model.weights}_ema", model.weights):
+            if name in self.spec.files:
                 return name
-        raise CheckpointError(
-            f"checkpoint {self.root} has no {kind.upper()} model (models present: {', '.join(present) or 'none'}); "
-            f"choose --model among what it holds")
+        raise CheckpointError(f"checkpoint {self.root} lists no weights for model {model.name!r} "
+                              f"(files: {', '.join(self.spec.files) or 'none'})")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.meta["image_shape"])
+        return tuple(self.spec.image_shape)
 
     def _load(self, name: str, family: str, device: torch.device) -> torch.nn.Module:
         from distdiff.models import load_weights
@@ -149,36 +150,18 @@ class EvalCheckpoint:
             raise CheckpointError(f"cannot load {_join(self.root, name)}: {err}") from err
         return model.eval().requires_grad_(False)
 
-    def build_sampler(self, device: str | torch.device = "cpu"):
-        """A `LatentSampler` over the requested models (and the VAE in latent space).
+    def load_vae(self, device: str | torch.device = "cpu") -> torch.nn.Module | None:
+        """The export's VAE (latent space), else None."""
+        return self._load(self.spec.vae, "vae", torch.device(device)) if self.spec.space == "latent" else None
+
+    def build_sampler(self, device: str | torch.device = "cpu") -> Stage2Sampler:
+        """A `Stage2Sampler` over the selected models (and the VAE in latent space).
 
         Args:
             device: where the networks run.
-
-        Returns:
-            distdiff.tasks.LatentSampler.
         """
-        from distdiff.diffusion import ddgan_schedule, ddpm_schedule
-        from distdiff.tasks import LatentSampler, LatentSource
-
         device = torch.device(device)
-        vae = self._load("vae", "vae", device) if self.meta["space"] == "latent" else None
-        unet = self._load(self.weights["ldm"], "unet", device) if "ldm" in self.weights else None
-        gen = self._load(self.weights["ddgan"], "ddgan_generator", device) if "ddgan" in self.weights else None
-        ldm_cfg, gan_cfg = self.meta.get("ldm") or {}, self.meta.get("ddgan") or {}
-        if unet is not None and not ldm_cfg:
-            raise CheckpointError(f"{_join(self.root, EXPORT_FILE)} has a U-Net but no 'ldm' schedule entry")
-        if gen is not None and not gan_cfg:
-            raise CheckpointError(f"{_join(self.root, EXPORT_FILE)} has a DDGAN generator but no 'ddgan' entry")
-        return LatentSampler(
-            LatentSource(vae), self.meta["latent_shape"],
-            unet=unet,
-            ldm_schedule=ddpm_schedule(ldm_cfg["num_steps"], ldm_cfg["beta_start"], ldm_cfg["beta_end"],
-                                       kind=ldm_cfg.get("kind", "linear")) if unet is not None else None,
-            generator=gen,
-            ddgan_schedule=ddgan_schedule(gan_cfg["num_steps"], gan_cfg["beta_min"], gan_cfg["beta_max"])
-            if gen is not None else None,
-            nz=int(gan_cfg.get("nz", 100)),
-            num_classes=self.meta.get("num_classes"),
-            guidance_scale=float(self.meta.get("guidance_scale", 1.0)),
-        )
+        networks = {name: self._load(stem, MODEL_FAMILY[self.spec.model(name).kind], device)
+                    for name, stem in self.weights.items()}
+        spec = replace(self.spec, models=tuple(m for m in self.spec.models if m.name in networks))
+        return Stage2Sampler(spec, LatentSource(self.load_vae(device)), networks)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 
 from distdiff.eval.evaluator import FEATURES, EvalSettings
-from distdiff.eval.sources import parse_ldm_samplers
-
-MODEL_CHOICES = {"ldm": ("ldm",), "ddgan": ("ddgan",), "all": ("ldm", "ddgan")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,9 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True,
                    help="training data: shard dataset folder / s3:// prefix, or embedded-mnist, "
                         "embedded-stacked-mnist[:NUM[:SEED]]")
-    p.add_argument("--model", choices=sorted(MODEL_CHOICES), default="all")
-    p.add_argument("--sampler", default="ddim", help="LDM sampler(s): ddpm, ddim or ddpm,ddim")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--samplers", default="all",
+                   help="what to score, comma-separated: 'all' (every model of the export with each sampler it "
+                        "was exported with, e.g. LDM DDPM-1000 and DDIM-50 at its trained eta, DDGAN-4, GAN-1), "
+                        "MODEL (its exported samplers), MODEL:SAMPLER or MODEL:ddim:STEPS; "
+                        "e.g. ldm:ddpm,ddgan or ldm:ddim:100")
     p.add_argument("--num-samples", type=int, default=50000)
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed (i + seed * 0x9E3779B1) mod 2^32")
     p.add_argument("--batch-size", type=int, default=64, help="samples per generation batch per worker")
@@ -60,8 +59,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     if args.num_samples < 2:
         raise ValueError(f"--num-samples must be at least 2, got {args.num_samples}")
     return EvalSettings(
-        checkpoint=args.checkpoint, models=MODEL_CHOICES[args.model],
-        ldm_samplers=tuple(parse_ldm_samplers(args.sampler, args.steps)), num_samples=args.num_samples,
+        checkpoint=args.checkpoint, samplers=tuple(s.strip() for s in args.samplers.split(",") if s.strip()),
+        num_samples=args.num_samples,
         seed=args.seed, batch_size=args.batch_size, reference=args.reference, features=args.features,
         inception_weights=args.inception_weights, allow_download=args.allow_download, classifier=args.classifier,
         stats_cache=args.stats_cache, pr_count=args.pr_samples, grid_count=args.grid, out=args.out,

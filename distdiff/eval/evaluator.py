@@ -20,9 +20,9 @@ import torch
 from distdiff.eval.accumulate import accumulate, generated_batches
 from distdiff.eval.cache import ReferenceStats, StatsCache, cache_key
 from distdiff.eval.frechet import frechet_distance_from_stats, frechet_distance_torchmetrics
-from distdiff.eval.modes import mode_coverage
+from distdiff.eval.modes import mode_coverage, num_digit_modes
 from distdiff.eval.precision_recall import precision_recall
-from distdiff.eval.reference import ReferenceDataError, ShardReference, open_reference
+from distdiff.eval.reference import ReferenceDataError, ShardReference, open_reference, rank_batches_of
 from distdiff.eval.report import metric_key, write_outputs
 from distdiff.eval.stats import ReduceSum
 
@@ -34,8 +34,8 @@ class EvalSettings:
     """What to evaluate and how (plain data: it travels to Ray workers)."""
 
     checkpoint: str | None = None  # stage-2 export folder / run folder / s3:// prefix
-    models: tuple[str, ...] = ("ldm", "ddgan")
-    ldm_samplers: tuple[tuple[str, int], ...] = (("ddim", 50),)
+    # "all" (every model's exported samplers, with their exported settings) or MODEL[:SAMPLER[:STEPS]]
+    samplers: tuple[str, ...] = ("all",)
     num_samples: int = 50000
     seed: int = 0
     batch_size: int = 64
@@ -51,6 +51,7 @@ class EvalSettings:
     out: str | None = None  # default: <checkpoint>/eval
     device: str = "cpu"
     extra: dict = field(default_factory=dict)  # free-form notes copied into eval.json
+    progress: bool = True  # progress bars and a line per phase on rank 0
 
 
 def build_extractor(settings: EvalSettings, image_shape, classifier=None):
@@ -94,7 +95,7 @@ def _usable(hit: ReferenceStats | None, pr_count: int, want_modes: bool) -> bool
 
 def reference_statistics(rank: int, world_size: int, reduce_sum: ReduceSum, reference, extractor,
                          batch_size: int, pr_count: int, classifier=None, cache: StatsCache | None = None,
-                         device: str | torch.device = "cpu"):
+                         device: str | torch.device = "cpu", progress: bool = False):
     """Statistics of the reference images, from the cache or by the distributed path.
 
     Rank 0 looks the entry up and tells the others (through `reduce_sum`) whether to compute.
@@ -115,8 +116,9 @@ def reference_statistics(rank: int, world_size: int, reduce_sum: ReduceSum, refe
         pr = hit.pr_features[:pr_count] if pr_count else None
         return ReferenceStats(hit.stats, pr, hit.mode_histogram, hit.num_images), True
     batches = ((idx, images, 0.0) for idx, images in reference.rank_batches(rank, world_size, batch_size))
-    acc = accumulate(batches, extractor, reference.image_shape, pr_count, 0, classifier,
-                     device).all_reduced(reduce_sum)
+    title = f"reference {reference.name} ({extractor.name})" if progress and rank == 0 else None
+    acc = accumulate(batches, extractor, reference.image_shape, pr_count, 0, classifier, device, title,
+                     _rank_count(reference.num_images, rank, world_size, batch_size)).all_reduced(reduce_sum)
     if acc.stats.count < 2:
         raise ReferenceDataError(f"reference {reference.name} yielded {acc.stats.count} image(s); FID needs at least 2")
     ref = ReferenceStats(acc.stats, acc.pr_features if pr_count else None, acc.modes, acc.stats.count)
@@ -125,11 +127,23 @@ def reference_statistics(rank: int, world_size: int, reduce_sum: ReduceSum, refe
     return (ref if rank == 0 else None), False
 
 
+def _rank_count(num: int, rank: int, world_size: int, batch_size: int) -> int:
+    """How many of `num` items rank `rank` handles (batch j goes to rank j mod world_size)."""
+    return sum(len(r) for r in rank_batches_of(num, rank, world_size, batch_size))
+
+
+def _say(settings: EvalSettings, rank: int, text: str) -> None:
+    if settings.progress and rank == 0:
+        print(f"[eval] {text}", flush=True)
+
+
 def _source_row(source, acc, ref: ReferenceStats, extractor, settings: EvalSettings, pr_count: int) -> dict:
     """Rank 0: the metrics of one source from its reduced accumulator."""
     name = metric_key(extractor.metric_name)
     row = {
         "key": source.key, "label": source.label, "nfe": source.nfe, "num_samples": acc.stats.count,
+        "parameters": getattr(source, "parameters", None), "model": getattr(source, "model_name", None),
+        "sampler": getattr(source, "sampler_name", None),
         name: frechet_distance_from_stats(ref.stats, acc.stats),
         f"{name}_torchmetrics": frechet_distance_torchmetrics(ref.stats, acc.stats),
         "sec_per_image": float(acc.seconds[0]) / max(acc.stats.count, 1),
@@ -143,7 +157,7 @@ def _source_row(source, acc, ref: ReferenceStats, extractor, settings: EvalSetti
                                     settings.pr_k))
     if acc.modes is not None:
         coverage = mode_coverage(acc.modes)
-        row.update(modes=coverage["modes"], reverse_kl=coverage["reverse_kl"])
+        row.update(modes=coverage["modes"], num_modes=coverage["num_modes"], reverse_kl=coverage["reverse_kl"])
     return row
 
 
@@ -156,8 +170,8 @@ def _prepare(settings: EvalSettings, sources, extractor, reference, classifier):
 
         if not settings.checkpoint:
             raise ValueError("no checkpoint given: pass --checkpoint (a stage-2 export folder or s3:// prefix)")
-        checkpoint = EvalCheckpoint(settings.checkpoint, list(settings.models))
-        sources = checkpoint_sources(checkpoint, settings.models, settings.ldm_samplers, settings.device)
+        checkpoint = EvalCheckpoint(settings.checkpoint, settings.samplers)
+        sources = checkpoint_sources(checkpoint, settings.device)
     image_shape = tuple(sources[0].image_shape)
     if classifier is None and settings.classifier:
         from distdiff.eval.classifier import load_classifier
@@ -173,7 +187,7 @@ def _prepare(settings: EvalSettings, sources, extractor, reference, classifier):
         raise ReferenceDataError(
             f"reference {reference.name} holds images of shape {tuple(reference.image_shape)}, "
             f"but the models generate {image_shape}: a mismatched reference")
-    mode_classifier = classifier if image_shape == (3, 32, 32) else None
+    mode_classifier = classifier if num_digit_modes(image_shape) else None  # digit images: count modes
     return checkpoint, sources, extractor, reference, mode_classifier
 
 
@@ -197,21 +211,33 @@ def evaluate_worker(rank: int, world_size: int, reduce_sum: ReduceSum, settings:
         settings, sources, extractor, reference, classifier)
     pr_count = min(settings.pr_count, settings.num_samples, reference.num_images) if settings.pr_count else 0
     cache = StatsCache(settings.stats_cache) if settings.stats_cache else _default_cache(reference)
+    phases = {"setup": time.perf_counter() - started}
     ref, cached = reference_statistics(rank, world_size, reduce_sum, reference, extractor, settings.batch_size,
-                                       pr_count, mode_classifier, cache, settings.device)
+                                       pr_count, mode_classifier, cache, settings.device, settings.progress)
+    phases["reference"] = time.perf_counter() - started - phases["setup"]
+    _say(settings, rank, f"reference statistics of {reference.name} ({reference.num_images} images): "
+                         f"{'from the cache' if cached else 'computed'} in {phases['reference']:.0f} s")
     rows, grids = [], {}
+    share = _rank_count(settings.num_samples, rank, world_size, settings.batch_size)
     for source in sources:
+        phase_start = time.perf_counter()
         batches = generated_batches(source, settings.num_samples, rank, world_size, settings.batch_size,
                                     settings.seed)
+        title = f"{source.key}: sample + features" if settings.progress and rank == 0 else None
         acc = accumulate(batches, extractor, source.image_shape, pr_count, settings.grid_count,
-                         mode_classifier, settings.device).all_reduced(reduce_sum)
+                         mode_classifier, settings.device, title, share).all_reduced(reduce_sum)
+        phases[source.key] = time.perf_counter() - phase_start
         if rank == 0:
             rows.append(_source_row(source, acc, ref, extractor, settings, pr_count))
+            _say(settings, rank, f"{source.label}: {acc.stats.count} samples in {phases[source.key]:.0f} s "
+                                 f"(sampling {float(acc.seconds[0]):.0f} s, features {float(acc.seconds[1]):.0f} s, "
+                                 f"summed over workers)")
             grids[source.key] = acc.grid_uint8()
     if rank != 0:
         return None
     results = _results(settings, checkpoint, extractor, reference, ref, cached, rows, world_size, pr_count)
     results["wall_seconds"] = time.perf_counter() - started
+    results["phase_seconds"] = phases
     out = settings.out or (checkpoint.root.rstrip("/") + "/eval" if checkpoint is not None else None)
     if out:
         results["outputs"] = write_outputs(results, grids, out)
@@ -223,7 +249,7 @@ def _results(settings, checkpoint, extractor, reference, ref, cached, rows, worl
                 "modes": None, "reverse_kl": None}
     if ref.mode_histogram is not None:
         coverage = mode_coverage(ref.mode_histogram)
-        ref_info.update(modes=coverage["modes"], reverse_kl=coverage["reverse_kl"])
+        ref_info.update(modes=coverage["modes"], num_modes=coverage["num_modes"], reverse_kl=coverage["reverse_kl"])
     return {
         "checkpoint": checkpoint.root if checkpoint is not None else settings.checkpoint,
         "metric": extractor.metric_name, "extractor": extractor.name, "reference": ref_info,
@@ -244,7 +270,7 @@ def preflight(settings: EvalSettings) -> None:
 
     if not settings.checkpoint:
         raise ValueError("no checkpoint given: pass --checkpoint (a stage-2 export folder or s3:// prefix)")
-    checkpoint = EvalCheckpoint(settings.checkpoint, list(settings.models))
+    checkpoint = EvalCheckpoint(settings.checkpoint, settings.samplers)
     if not settings.reference:
         raise ValueError("no reference given: pass --reference (the training dataset's folder, s3:// prefix "
                          "or embedded name)")

@@ -1,6 +1,6 @@
 """Feature extractors: uint8 images in, (N, D) feature vectors out.
 
-Every extractor takes the uint8 images a PNG would hold (see `grid.quantize_to_uint8`), so
+Every extractor takes the uint8 images a PNG would hold (see `distdiff.images.quantize_to_uint8`), so
 generated samples and dataset images go through exactly the same preprocessing. An extractor has:
 `name` (identifies network, weights and preprocessing; part of the reference-statistics cache key),
 `metric_name` (what the Fréchet distance on its features is called), `feature_dim`, and

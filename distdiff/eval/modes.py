@@ -1,10 +1,10 @@
-"""Stacked-MNIST mode coverage: how many of the 1000 digit triples a generator produces.
+"""Digit-mode coverage: how many of the 1000 Stacked-MNIST digit triples (or 10 MNIST digits) a generator produces.
 
 Each generated (3, 32, 32) image is read as three digits (R, G, B channels) by the MNIST
-classifier, giving mode 100 * r + 10 * g + b. The histogram over modes is a sum, so it reduces
-across workers like the feature statistics. From it: the number of modes covered (at least
-`min_count` samples) and the reverse KL divergence KL(p_generated || uniform over 1000 modes),
-the two numbers the DDGAN paper reports for Stacked MNIST.
+classifier, giving mode 100 * r + 10 * g + b; a (1, 32, 32) image is one digit, one of 10 modes.
+The histogram over modes is a sum, so it reduces across workers like the feature statistics. From
+it: the number of modes covered (at least `min_count` samples) and the reverse KL divergence
+KL(p_generated || uniform over the modes), the two numbers the DDGAN paper reports for Stacked MNIST.
 """
 
 from __future__ import annotations
@@ -19,23 +19,30 @@ from distdiff.eval.classifier import MnistClassifier, predict_digits
 NUM_STACKED_MODES = 1000
 
 
+def num_digit_modes(image_shape) -> int | None:
+    """Modes of digit images of this shape: 10 per channel combined (None when not digit-sized)."""
+    channels, height, width = image_shape
+    return 10 ** channels if channels in (1, 3) and (height, width) == (32, 32) else None
+
+
 def stacked_mnist_modes(classifier: MnistClassifier, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Mode index of each Stacked-MNIST image.
+    """Mode index of each digit image: the classifier's digit per channel, read as a base-10 number.
 
     Args:
         classifier: a trained MNIST classifier.
-        images: uint8 (N, 3, 32, 32).
+        images: uint8 (N, 3, 32, 32) Stacked MNIST (modes in [0, 1000)) or (N, 1, 32, 32) MNIST ([0, 10)).
 
     Returns:
-        int64 (N,) modes in [0, 1000).
+        int64 (N,) modes.
     """
     images = torch.as_tensor(images)
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"Stacked MNIST images are (N, 3, H, W), got {tuple(images.shape)}")
-    n = images.shape[0]
-    # Classify all channels as one batch of single-channel digits: (N*3, 1, H, W).
-    digits = predict_digits(classifier, images.reshape(n * 3, 1, *images.shape[2:])).reshape(n, 3)
-    return digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"digit images are (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    n, c = images.shape[:2]
+    # Classify all channels as one batch of single-channel digits: (N*C, 1, H, W).
+    digits = predict_digits(classifier, images.reshape(n * c, 1, *images.shape[2:])).reshape(n, c)
+    weights = 10 ** torch.arange(c - 1, -1, -1, device=digits.device)  # (100, 10, 1) or (1,)
+    return (digits * weights).sum(dim=1)
 
 
 def mode_histogram(modes: torch.Tensor, num_modes: int = NUM_STACKED_MODES) -> torch.Tensor:

@@ -5,14 +5,13 @@ The output folder may be local or an s3:// prefix.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
 import torch
 
-from distdiff.eval.grid import make_grid
+from distdiff.images import comparison_png_bytes, grid_png_bytes
 
 
 def metric_key(metric_name: str) -> str:
@@ -56,7 +55,8 @@ def results_markdown(results: dict) -> str:
                  f"(denoiser steps and decoding), summed over {results['world_size']} worker(s), batch "
                  f"{results['batch_size']}, device {results['device']}.")
     if any(row.get("modes") is not None for row in results["models"]):
-        lines += ["", "| Model | Modes (of 1000)↑ | KL↓ |", "|---|---|---|"]
+        num_modes = next(row.get("num_modes") for row in results["models"] if row.get("modes") is not None)
+        lines += ["", f"| Model | Modes (of {num_modes})↑ | KL↓ |", "|---|---|---|"]
         for row in results["models"]:
             lines.append(f"| {row['label']} | {_fmt(row.get('modes'), 0)} | {_fmt(row.get('reverse_kl'), 4)} |")
         ref = results["reference"]
@@ -80,17 +80,8 @@ def _write(url: str, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _png_bytes(images: torch.Tensor) -> bytes:
-    from PIL import Image
-
-    grid = make_grid(images)
-    out = io.BytesIO()
-    Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(out, format="PNG")
-    return out.getvalue()
-
-
 def write_outputs(results: dict, grids: dict[str, torch.Tensor], out: str) -> list[str]:
-    """Write eval.json, eval.md and `samples_<key>.png` grids under `out`.
+    """Write eval.json, eval.md, `samples_<key>.png` grids and `comparison.png` (all grids side by side).
 
     Args:
         results: rank 0's results.
@@ -104,8 +95,14 @@ def write_outputs(results: dict, grids: dict[str, torch.Tensor], out: str) -> li
     for key, images in grids.items():
         if len(images):
             url = _join(out, f"samples_{key}.png")
-            _write(url, _png_bytes(images))
+            _write(url, grid_png_bytes(images))
             written.append(url)
+    labels = {row["key"]: row["label"] for row in results["models"]}
+    panels = {labels.get(key, key): images[:32] for key, images in grids.items() if len(images)}
+    if panels:
+        url = _join(out, "comparison.png")
+        _write(url, comparison_png_bytes(panels))
+        written.append(url)
     for name, data in (("eval.md", results_markdown(results).encode()),
                        ("eval.json", json.dumps(results, indent=1, sort_keys=True).encode())):
         url = _join(out, name)

@@ -1,7 +1,8 @@
 """Sample sources: what the evaluator draws images from, one seed per global sample index.
 
 A source has `key` (short, file-name safe), `label` (the table's model column), `nfe` (network
-evaluations per sample of the denoiser, the VAE decode not counted), `image_shape` (C, H, W) and
+evaluations per sample of the denoiser, the VAE decode not counted), `parameters` (of the sampling
+network, or None), `image_shape` (C, H, W) and
 `generate(indices, seeds) -> (B, C, H, W) in [-1, 1]`, where sample `indices[j]` must depend only
 on `seeds[j]` (per-sample generators), never on the batch it was drawn in. Tests plug in synthetic
 sources with the same members.
@@ -13,13 +14,12 @@ from typing import Protocol, Sequence
 
 import torch
 
-from distdiff.diffusion import ddim_timesteps
-
 
 class SampleSource(Protocol):
     key: str
     label: str
     nfe: int
+    parameters: int | None
     image_shape: tuple[int, int, int]
 
     def generate(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:  # (B, C, H, W)
@@ -39,88 +39,37 @@ def sample_seed(base_seed: int, index: int) -> int:
     return (index + base_seed * _SEED_STRIDE) % (1 << 32)
 
 
-class LdmSource:
-    """The latent-diffusion U-Net sampled with DDPM (all T steps) or DDIM (`steps` steps).
+class ModelSource:
+    """One model of an export under one sampler (see `distdiff.tasks.SAMPLERS`).
 
     Args:
-        sampler: a `distdiff.tasks.LatentSampler` with a U-Net.
-        image_shape: (C, H, W) of the decoded images.
-        method: "ddpm" or "ddim".
-        steps: DDIM steps (ignored for DDPM).
-    """
-
-    def __init__(self, sampler, image_shape, method: str = "ddim", steps: int = 50):
-        if method not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown LDM sampler {method!r}; valid: ddpm, ddim")
-        self.sampler, self.method, self.steps = sampler, method, steps
-        self.image_shape = tuple(image_shape)
-        total = sampler.ldm_schedule.num_steps
-        self.nfe = total if method == "ddpm" else len(ddim_timesteps(total, steps))
-        self.key = f"ldm-{method}{self.nfe}"
-        self.label = f"LDM ({method.upper()}, {self.nfe} steps)"
-
-    def generate(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
-        labels = None
-        if self.sampler.num_classes is not None:
-            # Class-balanced and a function of the index alone: label = index mod num_classes.
-            device = next(self.sampler.unet.parameters()).device
-            labels = torch.as_tensor(list(indices), device=device) % self.sampler.num_classes
-        return self.sampler.sample_ldm(seeds, self.method, self.steps, labels)
-
-
-class DdganSource:
-    """The DDGAN generator: T generator evaluations per sample.
-
-    Args:
-        sampler: a `distdiff.tasks.LatentSampler` with a DDGAN generator.
+        sampler: a `distdiff.tasks.Stage2Sampler` holding the model.
+        model: its `ModelSpec`.
+        settings: the `SamplerSpec` to draw with.
         image_shape: (C, H, W) of the decoded images.
     """
 
-    def __init__(self, sampler, image_shape):
-        self.sampler = sampler
+    def __init__(self, sampler, model, settings, image_shape):
+        from distdiff.tasks import sampler_key, sampler_label, sampler_nfe
+
+        self.sampler, self.model, self.settings = sampler, model, settings
         self.image_shape = tuple(image_shape)
-        self.nfe = sampler.ddgan_schedule.num_steps
-        self.key = f"ddgan-{self.nfe}step"
-        self.label = f"DDGAN ({self.nfe} steps)"
+        self.nfe = sampler_nfe(model, settings)
+        self.key, self.label = sampler_key(model, settings), sampler_label(model, settings)
+        self.parameters = model.parameters
+        self.model_name, self.sampler_name = model.name, settings.name
 
     def generate(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
-        return self.sampler.sample_ddgan(seeds)
+        # Class-conditional models: balanced labels that are a function of the index alone.
+        return self.sampler.sample(self.model, self.settings, seeds, self.sampler.class_labels(indices))
 
 
-def parse_ldm_samplers(spec: str, steps: int) -> list[tuple[str, int]]:
-    """'ddim' / 'ddpm' / 'ddpm,ddim' -> [(method, steps), ...].
-
-    Args:
-        spec: comma-separated sampler names.
-        steps: DDIM steps.
-
-    Returns:
-        list of (method, steps).
-    """
-    methods = [m.strip() for m in spec.split(",") if m.strip()]
-    bad = [m for m in methods if m not in ("ddpm", "ddim")]
-    if bad or not methods:
-        raise ValueError(f"unknown LDM sampler(s) {bad or spec!r}; valid: ddpm, ddim (comma-separated)")
-    return [(m, steps) for m in methods]
-
-
-def checkpoint_sources(checkpoint, models: Sequence[str], ldm_samplers: Sequence[tuple[str, int]],
-                       device: str | torch.device = "cpu") -> list:
-    """The sample sources of an `EvalCheckpoint`.
+def checkpoint_sources(checkpoint, device: str | torch.device = "cpu") -> list:
+    """The sample sources of an `EvalCheckpoint`: its selected (model, sampler) pairs, in order.
 
     Args:
         checkpoint: an opened `distdiff.eval.checkpoint.EvalCheckpoint`.
-        models: subset of ("ldm", "ddgan").
-        ldm_samplers: (method, steps) pairs for the LDM.
         device: where the networks run.
-
-    Returns:
-        list of sources, LDM ones first.
     """
     sampler = checkpoint.build_sampler(device)
-    sources: list = []
-    if "ldm" in models:
-        sources += [LdmSource(sampler, checkpoint.image_shape, method, steps) for method, steps in ldm_samplers]
-    if "ddgan" in models:
-        sources.append(DdganSource(sampler, checkpoint.image_shape))
-    return sources
+    return [ModelSource(sampler, model, settings, checkpoint.image_shape) for model, settings in checkpoint.selection]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distdiff.config import RunConfig, dump_yaml
+from distdiff.launchers.evaluation import evaluate_run, local_paths, summary_table
 from distdiff.train import preemption
 from distdiff.train.context import LocalContext, resolve_device
 from distdiff.train.engines import TorchEngine
@@ -62,12 +63,12 @@ def train_ldm_local(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
     if final["preempted"]:
         return final  # a half-trained stage is never exported
     final["export"] = str(export_stage2(cfg, plan, sampler))
-    final["sampling"] = time_samplers(cfg, sampler, sampler_timing_images, plan.stage_dir / "samples")
+    final["sampling"] = time_samplers(sampler, sampler_timing_images, plan.stage_dir / "samples")
     return final
 
 
 def run_pipeline_local(cfg: RunConfig) -> dict:
-    """VAE, then LDM + DDGAN, then summary.json in the run directory."""
+    """VAE, then the stage-2 members, then (if configured) the evaluation, then summary.json."""
     directory = prepare_run_dir(cfg)
     vae = train_vae_local(cfg)
     if vae["preempted"]:
@@ -76,6 +77,12 @@ def run_pipeline_local(cfg: RunConfig) -> dict:
     if ldm["preempted"]:
         return {"stages": {"vae": vae, "ldm": ldm}, "preempted": True}
     sampling = ldm.pop("sampling")
-    summary = write_summary(directory / "summary.json", {"vae": vae, "ldm": ldm}, sampling)
+    results = None
+    if cfg.evaluation.enabled:
+        export, out = local_paths(cfg, directory)
+        results = evaluate_run(cfg, export, out, on_ray=False, device=resolve_device(cfg.device).type)
+    summary = write_summary(directory / "summary.json", {"vae": vae, "ldm": ldm}, sampling,
+                            summary_table(results) if results else None)
     print(f"summary written to {directory / 'summary.json'}", flush=True)
+    summary["evaluation_results"] = results
     return summary

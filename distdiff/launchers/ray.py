@@ -13,7 +13,6 @@ Storage layout (a local folder or s3://bucket/prefix; default: `output_dir`):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -223,7 +222,8 @@ def train_ldm(cfg: RunConfig) -> dict:
 
 
 def run_pipeline(cfg: RunConfig) -> dict:
-    """VAE, then LDM + DDGAN, then summary.json in the run directory."""
+    """VAE, then the stage-2 members, then (if configured) the distributed evaluation, then summary.json."""
+    from distdiff.launchers.evaluation import evaluate_run, summary_table
     from distdiff.train.summary import write_summary
 
     directory = prepare_run_dir(cfg)
@@ -234,11 +234,18 @@ def run_pipeline(cfg: RunConfig) -> dict:
     if ldm.get("preempted"):
         return {"stages": {"vae": vae, "ldm": ldm}, "preempted": True}
     sampling = ldm.pop("sampling", {})
-    summary = write_summary(directory / "summary.json", {"vae": vae, "ldm": ldm}, sampling)
     remote = open_storage(_absolute(cfg)).child(cfg.name)
+    results = None
+    if cfg.evaluation.enabled:
+        # The distributed evaluator on the same cluster, reading the export where the workers wrote it.
+        results = evaluate_run(cfg, remote.child("ldm", "export").uri, remote.child("eval").uri, on_ray=True,
+                               device="cuda" if cfg.distributed.use_gpu else "cpu")
+    summary = write_summary(directory / "summary.json", {"vae": vae, "ldm": ldm}, sampling,
+                            summary_table(results) if results else None)
     if remote.is_s3 or Path(remote.root) != directory:
         remote.upload(directory / "summary.json", "summary.json")
     print(f"summary written to {directory / 'summary.json'}", flush=True)
+    summary["evaluation_results"] = results
     return summary
 
 
@@ -295,7 +302,7 @@ def _export(cfg: RunConfig, stage: str, plan, sampler, ctx, time_samplers: bool)
             if time_samplers:
                 from distdiff.train.summary import time_samplers as timing
 
-                out["sampling"] = timing(cfg, sampler, 16, plan.stage_dir / "samples")
+                out["sampling"] = timing(sampler, 16, plan.stage_dir / "samples")
     ctx.barrier()
     return out
 
