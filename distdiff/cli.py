@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from distdiff.config import ConfigError, RunConfig, dump_yaml, load_config
 
 DESCRIPTIONS = {
     "train-vae": "Stage 1: train the KL-VAE on images and export it with its latent scale factor.",
     "train-ldm": "Stage 2: train the latent diffusion U-Net and the DDGAN jointly on the VAE's latents.",
-    "pipeline": "The whole pipeline: VAE, then LDM + DDGAN, then summary.json (the embedded demo by default).",
+    "pipeline": "The whole pipeline: VAE, then LDM + DDGAN (+ GAN), then the evaluation (if configured) and "
+                "summary.json (the embedded demo by default).",
+    "trilemma": "The trilemma study: the pipeline with the LDM, the DDGAN and the one-step GAN on one latent "
+                "stream, every model and sampler scored alike (FID, precision/recall, Stacked-MNIST modes, "
+                "seconds per image), then trilemma.json, trilemma.md and trilemma.png in the run folder.",
 }
 EPILOG = """overrides are dotted keys, e.g.  stage2.steps=500 ldm.preset=tiny data.source=s3://bucket/cifar10
 outputs go to <output_dir>/<name>/: config.yaml, vae/ and ldm/ (checkpoints/, samples/*.png,
-metrics.jsonl, tensorboard/, export/), and summary.json for the pipeline.
+metrics.jsonl, tensorboard/, export/), summary.json and eval/ for the pipeline, trilemma.* for the study.
 exit status: 0 done, 2 bad config, 75 stopped early by SIGTERM after a checkpoint (run the same
 command again to resume), 1 any other failure."""
 
@@ -33,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--local", action="store_true",
                        help="run in this process (CPU or one GPU) instead of on Ray workers")
         p.add_argument("--dry-run", action="store_true", help="resolve, validate and print the config, then exit")
+        if name == "trilemma":
+            p.add_argument("--quick", action="store_true",
+                           help="tiny networks, a few steps and a few dozen samples: checks the whole path in "
+                                "about a minute (what the tests run); its numbers mean nothing")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser
 
@@ -41,8 +50,15 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     """Load and validate the run config named by the arguments."""
     from distdiff.train.validation import validate_run
 
-    cfg = load_config(RunConfig, args.config, args.overrides)
-    stage = {"train-vae": "vae", "train-ldm": "ldm", "pipeline": "all"}[args.command]
+    overrides = list(args.overrides)
+    if getattr(args, "quick", False):
+        from distdiff.trilemma import QUICK_OVERRIDES
+
+        overrides = [*QUICK_OVERRIDES, *overrides]
+    if args.command == "trilemma":
+        overrides.append("evaluation.enabled=true")  # the study is the evaluation
+    cfg = load_config(RunConfig, args.config, overrides)
+    stage = {"train-vae": "vae", "train-ldm": "ldm", "pipeline": "all", "trilemma": "all"}[args.command]
     validate_run(cfg, stage)
     return cfg
 
@@ -59,7 +75,16 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> dict:
     if args.command == "train-ldm":
         launcher.prepare_run_dir(cfg)
         return launcher.train_ldm(cfg) if not args.local else launcher.train_ldm_local(cfg)
-    return launcher.run_pipeline(cfg) if not args.local else launcher.run_pipeline_local(cfg)
+    started = time.perf_counter()
+    summary = launcher.run_pipeline(cfg) if not args.local else launcher.run_pipeline_local(cfg)
+    if args.command == "trilemma" and not summary.get("preempted"):
+        from distdiff.train.stages import run_dir
+        from distdiff.trilemma import study_markdown, write_study
+
+        study = write_study(cfg, summary, run_dir(cfg), time.perf_counter() - started)
+        print(study_markdown(study), flush=True)
+        print(f"study written to {run_dir(cfg)}/trilemma.{{json,md,png}}", flush=True)
+    return summary
 
 
 # EX_TEMPFAIL from sysexits.h: "try again later", the meaning of a preempted run.
