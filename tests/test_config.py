@@ -41,7 +41,7 @@ def test_resolved_dump_loads_back_identically(tmp_path):
         ({"ldm": {"schedule": "quadratic"}}, "'ldm.schedule' = 'quadratic' is not one of"),
         ({"ddgan": {"g_optim": {"betas": [0.5]}}}, "'ddgan.g_optim.betas' needs 2 items"),
         ({"data": {"source": "embedded-cifar"}}, "data.source 'embedded-cifar'"),
-        ({"ldm": {"enabled": False}, "ddgan": {"enabled": False}}, "both false"),
+        ({"ldm": {"enabled": False}, "ddgan": {"enabled": False}}, "all disabled"),
     ],
 )
 def test_bad_configs_name_the_key_and_the_file(tmp_path, data, needle):

@@ -173,3 +173,24 @@ def test_joint_task_encodes_once_and_steps_every_member():
     metrics = task.step(batch, updater, 0, torch.Generator().manual_seed(0))
     assert calls["encode"] == 1
     assert {"ldm/loss", "ddgan/d_loss", "ddgan/g_loss", "gan/d_loss", "gan/g_loss", "gan/r1"} <= metrics.keys()
+
+
+def test_a_member_trains_the_same_whatever_trains_beside_it():
+    """Adding the GAN baseline to stage 2 leaves the LDM's losses and weights unchanged, step for step."""
+    def train(member_names):
+        torch.manual_seed(0)
+        nets = {"unet": (build_model("unet", "tiny", in_channels=4), 1e-3, (0.9, 0.999), "adamw")}
+        members = {"ldm": LDMTask(ddpm_schedule(50))}
+        if "gan" in member_names:
+            nets["gan_g"] = (build_model("ddgan_generator", "tiny", in_channels=4, output_activation="none"), 1e-3,
+                             (0.5, 0.9), "adam")
+            nets["gan_d"] = (build_model("ddgan_discriminator", "tiny", in_channels=4), 1e-3, (0.5, 0.9), "adam")
+            members["gan"] = DDGANTask(ddgan_schedule(1), 8, 0.02, 4, name="gan")
+        updater = engines(**nets)
+        task, generator = JointLatentTask(LatentSource(None), members), torch.Generator().manual_seed(0)
+        losses = [task.step({"image": fixed_latents()}, updater, step, generator)["ldm/loss"] for step in range(3)]
+        return losses, nets["unet"][0].state_dict()
+
+    alone, with_gan = train(("ldm",)), train(("ldm", "gan"))
+    assert alone[0] == with_gan[0]
+    assert all(torch.equal(alone[1][k], with_gan[1][k]) for k in alone[1])

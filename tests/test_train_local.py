@@ -19,6 +19,10 @@ from distdiff.train.metrics import read_metrics
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "pipeline-smoke.yaml"
 
 
+# The finished run's members: the LDM, the DDGAN and the one-step GAN baseline.
+WITH_GAN = ("gan.enabled=true", "gan.preset=tiny")
+
+
 def smoke_config(tmp_path: Path, *overrides: str) -> RunConfig:
     return load_config(RunConfig, SMOKE, [f"output_dir={tmp_path}", *overrides])
 
@@ -28,7 +32,7 @@ def finished_run(tmp_path_factory, quick_classifier_stem):
     """One whole smoke pipeline (LDM, DDGAN and GAN, then the evaluator on its own export), shared by the
     tests that inspect its outputs."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    cfg = smoke_config(tmp, "gan.enabled=true", "gan.preset=tiny", "evaluation.enabled=true",
+    cfg = smoke_config(tmp, *WITH_GAN, "evaluation.enabled=true",
                        "evaluation.num_samples=8", "evaluation.batch_size=4", "evaluation.pr_samples=6",
                        f"evaluation.classifier={quick_classifier_stem}")
     summary = run_pipeline_local(cfg)
@@ -93,9 +97,9 @@ def _final_weights(run: Path, stage: str, step: int) -> dict:
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, finished_run):
     """Stop after 3 steps, rerun with the same output dir: same losses and bit-identical weights."""
     cfg_full, run_full, _ = finished_run
-    cfg = smoke_config(tmp_path)
+    cfg = smoke_config(tmp_path, *WITH_GAN)
     shutil.copytree(run_full / "vae" / "export", tmp_path / cfg.name / "vae" / "export")
-    train_ldm_local(load_config(RunConfig, SMOKE, [f"output_dir={tmp_path}", "stage2.steps=3"]))
+    train_ldm_local(smoke_config(tmp_path, *WITH_GAN, "stage2.steps=3"))
     train_ldm_local(cfg)
     run = tmp_path / cfg.name
     full, resumed = read_metrics(run_full / "ldm" / "metrics.jsonl"), read_metrics(run / "ldm" / "metrics.jsonl")
@@ -104,7 +108,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, finished_run
     for a, b in zip([r for r in full if r["step"] > 3], [r for r in resumed if r["step"] > 3]):
         assert a["step"] == b["step"] and all(a[k] == b[k] for k in loss_keys)
     want, got = _final_weights(run_full, "ldm", 6), _final_weights(run, "ldm", 6)
-    assert want.keys() == got.keys() == {"unet", "ddgan_g", "ddgan_d"}
+    assert want.keys() == got.keys() == {"unet", "ddgan_g", "ddgan_d", "gan_g", "gan_d"}
     for name in want:
         assert all(torch.equal(want[name][k], got[name][k]) for k in want[name]), name
 
