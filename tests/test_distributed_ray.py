@@ -3,6 +3,8 @@
 One `ray start --head` cluster on 127.0.0.1 serves the whole module (the tests connect to it with
 RAY_ADDRESS, as `ray job submit` does); checkpoints go to the session's SeaweedFS S3 server. The
 stage-2 runs train the tiny U-Net and DDGAN jointly on latents of a tiny VAE trained locally.
+The cluster's processes hold the S3 credentials in their own environment, as the pods of a KubeRay
+cluster hold them from a Secret: distdiff passes only the endpoint and region on to its workers.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def local_cluster(head_cpus: int, worker_node_cpus: int = 0, **env: str):
         f"--temp-dir={temp}", "--disable-usage-stats"), env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     nodes = [head]
-    cluster = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+    cluster = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
+               "temp": temp}
     try:
         _wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=90)
         if worker_node_cpus:
@@ -136,9 +139,9 @@ def token_auth():
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """The module's cluster: one head node with 4 CPUs."""
-    with local_cluster(head_cpus=4) as cluster:
+def ray_cluster(seaweed):
+    """The module's cluster: one head node with 4 CPUs, the S3 credentials in its environment."""
+    with local_cluster(head_cpus=4, **seaweed.env()) as cluster:
         yield cluster
 
 
@@ -451,7 +454,8 @@ def test_node_drain_notice_checkpoints_and_training_goes_on(seaweed, bucket, tin
                         f"stage2.checkpoint_every={steps}", "stage2.log_every=2")
     metrics = tmp_path / "drained" / "ldm" / "metrics.jsonl"
     # A head without CPUs puts both workers on the second node; Ray Train looks for drains every second.
-    with local_cluster(head_cpus=0, worker_node_cpus=2, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1") as cluster, \
+    with local_cluster(head_cpus=0, worker_node_cpus=2, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1",
+                       **seaweed.env()) as cluster, \
             cluster_env(cluster, seaweed):
         with train_ldm_driver(cfg, tmp_path) as driver:
             _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= 4, 240, "training step 4")
@@ -496,15 +500,52 @@ def test_bad_storage_fails_before_workers_start(seaweed, bucket, tiny_vae, tmp_p
         assert time.monotonic() - started < 15, label
 
 
-def test_ray_job_submit_runs_the_smoke_config(ray_cluster, tmp_path):
-    env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["dashboard"]}
-    command = [shutil.which("ray") or str(Path(sys.executable).parent / "ray"), "job", "submit",
-               "--working-dir", ".", "--", sys.executable, "launch/train_ldm.py", "--config", "configs/ldm-smoke.yaml",
-               f"output_dir={tmp_path}"]
+def test_ray_job_submit_runs_the_smoke_config(ray_cluster, seaweed, bucket, tmp_path):
+    """`ray job submit` from a shell that holds no AWS variables: the job's driver and workers use the
+    cluster's own credentials."""
+    env = {k: v for k, v in ray_cluster["env"].items() if not k.startswith("AWS_")}
+    env["RAY_ADDRESS"] = ray_cluster["dashboard"]
+    command = [*_ray_command("job", "submit", "--working-dir", "."), "--", sys.executable, "launch/train_ldm.py",
+               "--config", "configs/ldm-smoke.yaml", f"output_dir={tmp_path}",
+               f"distributed.storage_path=s3://{bucket}/jobs"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
-    run = tmp_path / "ldm-smoke" / "ldm"
-    assert (run / "checkpoints" / "step-00000006" / "COMPLETE").is_file()
-    assert json.loads((run / "export" / "export.json").read_text())["models"]
-    assert read_metrics(run / "metrics.jsonl")[-1]["step"] == 6
+    with cluster_env(ray_cluster, seaweed):
+        run = Storage.open(f"s3://{bucket}/jobs").child("ldm-smoke", "ldm")
+        assert run.exists("checkpoints", "step-00000006", "COMPLETE")
+        assert json.loads(run.read_text("export", "export.json"))["models"]
+    assert read_metrics(tmp_path / "ldm-smoke" / "ldm" / "metrics.jsonl")[-1]["step"] == 6
+
+
+def _files_holding(folder: Path, secret: bytes) -> list[str]:
+    hits = []
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):  # sockets, files removed while walking
+            if path.is_file() and not path.is_symlink() and secret in path.read_bytes():
+                hits.append(str(path))
+    return hits
+
+
+def test_no_secret_in_rays_metadata_logs_or_the_runs_storage(reference_run, ray_cluster, seaweed, bucket):
+    """After the module's S3 runs (the reference run at least; the job above when the module runs whole),
+    the secret key shows in none of: the actors' details, the job records, the files of Ray's session
+    folder, the run's S3 objects (checkpoints, metrics, export) and its local folder."""
+    secret = seaweed.secret_key
+    env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"]}
+    actors = subprocess.run(_ray_command("list", "actors", "--detail", "--limit", "10000"), env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert actors.returncode == 0 and "RayTrainWorker" in actors.stdout, actors.stderr[-2000:]
+    jobs = subprocess.run(_ray_command("job", "list"), env={**env, "RAY_ADDRESS": ray_cluster["dashboard"]},
+                          capture_output=True, text=True, timeout=120)
+    assert jobs.returncode == 0, jobs.stderr[-2000:]
+    for name, text in (("ray list actors --detail", actors.stdout), ("ray job list", jobs.stdout)):
+        assert secret not in text, f"the secret key shows in `{name}`"
+    assert not _files_holding(ray_cluster["temp"], secret.encode()), "the secret key is in Ray's session files"
+    client = seaweed.client()
+    objects = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+               for o in page.get("Contents", [])]
+    assert any("/checkpoints/" in key for key in objects)
+    holding = [key for key in objects if secret.encode() in client.get_object(Bucket=bucket, Key=key)["Body"].read()]
+    assert not holding, f"the secret key is stored in {holding[:5]}"
+    assert not _files_holding(reference_run["dir"], secret.encode()), "the secret key is in the run's folder"

@@ -25,7 +25,7 @@ from pathlib import Path
 from distdiff.config import RunConfig, dump_yaml, from_dict, to_dict
 from distdiff.train import preemption
 from distdiff.train.stages import run_dir, vae_export_path
-from distdiff.train.storage import Storage, StorageError, aws_environment
+from distdiff.train.storage import Storage, StorageError, aws_settings
 
 STAGE_OUTPUTS = ("metrics.jsonl", "events.jsonl", "tensorboard", "samples", "export")  # mirrored to remote storage
 FINAL_METRICS = "final.json"  # rank 0's final metrics of a stage, read back by the driver
@@ -95,10 +95,11 @@ def _connect(cfg: RunConfig) -> None:
 
 
 def _worker_env() -> dict:
-    """Runtime environment of the workers: AWS settings and, if needed, where distdiff lives."""
+    """Runtime environment of the workers: the S3 endpoint and region (never credentials: see
+    `aws_settings`) and, if needed, where distdiff lives."""
     import ray
 
-    env = aws_environment()
+    env = aws_settings()
     package_parent = str(Path(__file__).resolve().parents[2])
     job_env = ray.get_runtime_context().runtime_env or {}
     installed = "site-packages" in package_parent or "dist-packages" in package_parent

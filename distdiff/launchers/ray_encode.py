@@ -15,10 +15,7 @@ import ray
 import distdiff
 from distdiff.data.latents import encode_latent_shards
 from distdiff.data.manifest import Manifest
-
-# The standard AWS chain variables a worker on another node needs to reach the same bucket.
-AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+from distdiff.train.storage import aws_settings
 
 
 def _run_task(task: Callable, chunk: list[int]) -> list[dict]:
@@ -37,8 +34,9 @@ def ray_map(num_cpus: float = 1, num_gpus: float = 0) -> Callable:
 
 
 def worker_env() -> dict:
-    """Environment for Ray workers: the AWS chain variables that are set, and the path to distdiff."""
-    env = {name: os.environ[name] for name in AWS_VARIABLES if name in os.environ}
+    """Environment for Ray workers: the S3 endpoint and region (never credentials: workers use their own)
+    and the path to distdiff."""
+    env = aws_settings()
     package_root = str(Path(distdiff.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     return env

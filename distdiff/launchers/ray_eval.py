@@ -22,11 +22,11 @@ import ray
 
 import distdiff
 from distdiff.eval.evaluator import EvalSettings, evaluate_worker, preflight
+from distdiff.train.storage import AWS_SETTINGS
 
-# What a worker on another node needs to reach the same buckets and caches.
-PASSED_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "DISTDIFF_CACHE",
-                    "DISTDIFF_INCEPTION_WEIGHTS")
+# What a worker on another node needs to find the same buckets and caches; credentials are not among
+# them (a runtime_env is visible to anyone with access to the cluster): workers use their own.
+PASSED_VARIABLES = (*AWS_SETTINGS, "DISTDIFF_CACHE", "DISTDIFF_INCEPTION_WEIGHTS")
 GLOO_TIMEOUT = timedelta(minutes=60)
 
 

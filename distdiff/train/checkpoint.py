@@ -8,6 +8,7 @@ that looks loadable. Weights are safetensors, everything else plain JSON or tens
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -33,6 +34,7 @@ class TrainState:
     samples_seen: int = 0
     data_states: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    rng_restored: bool = True  # False: this rank had no saved streams (the run grew); seed them afresh
 
 
 def step_dir_name(step: int) -> str:
@@ -123,11 +125,26 @@ def read_checkpoint(directory: Path, engines, emas: dict, generator, rank: int) 
             weights = load_file(str(_require(directory / "ema" / f"{name}.safetensors", directory)))
             ema.load_state_dict(weights, meta["ema_updates"][name])
         own = directory / "rng" / f"rank-{rank:05d}.pt"
-        # After a change of world size a rank may have no file of its own: reuse rank 0's stream.
-        rng_file = own if own.exists() else _require(directory / "rng" / "rank-00000.pt", directory)
-        restore_rng(torch.load(rng_file, weights_only=True), generator)
+        # After the run grew, a new rank has no streams of its own; never copy another rank's (two
+        # ranks would draw identical noise): the caller seeds fresh ones.
+        if own.exists():
+            restore_rng(torch.load(own, weights_only=True), generator)
+        else:
+            _require(directory / "rng" / "rank-00000.pt", directory)  # rank 0's file proves the folder whole
     except CheckpointError:
         raise
     except Exception as err:  # corrupt safetensors, truncated JSON, wrong shapes...
         raise CheckpointError(f"checkpoint {directory} is corrupt: {type(err).__name__}: {err}") from err
-    return TrainState(meta["step"], meta["samples_seen"], meta["data_states"], meta.get("metrics", {}))
+    return TrainState(meta["step"], meta["samples_seen"], meta["data_states"], meta.get("metrics", {}),
+                      rng_restored=own.exists())
+
+
+def seed_fresh_streams(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
+    """Seed this process's torch streams and `generator` from (seed, rank, step) alone.
+
+    For a rank that a resumed run added: its noise is new, reproducible, and different from every other
+    rank's, whatever the world size was before.
+    """
+    digest = hashlib.sha256(f"distdiff-streams/{seed}/{rank}/{step}".encode()).digest()
+    torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    generator.manual_seed(int.from_bytes(digest[8:16], "little") >> 1)

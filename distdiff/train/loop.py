@@ -20,7 +20,7 @@ from distdiff.config import StageConfig
 from distdiff.images import save_grid
 from distdiff.tasks import NonFiniteLossError
 from distdiff.train import preemption
-from distdiff.train.checkpoint import TrainState, read_checkpoint, write_checkpoint
+from distdiff.train.checkpoint import TrainState, read_checkpoint, seed_fresh_streams, write_checkpoint
 from distdiff.train.context import TrainContext
 from distdiff.train.metrics import MetricsLogger
 
@@ -64,6 +64,8 @@ def _resume(ctx: TrainContext, plan: StagePlan, generator: torch.Generator) -> T
     if latest is None:
         return TrainState()
     state = read_checkpoint(latest, plan.engines, plan.emas, generator, ctx.rank)
+    if not state.rng_restored:
+        seed_fresh_streams(generator, plan.seed, ctx.rank, state.step)
     plan.stream.load_rank_states(state.data_states)
     if ctx.rank == 0:
         print(f"[{plan.name}] resumed from {latest} at step {state.step}", flush=True)

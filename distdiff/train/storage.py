@@ -1,9 +1,12 @@
 """A run's durable storage (a local folder or s3://bucket/prefix) through `pyarrow.fs`.
 
 The same filesystem object is handed to Ray Train, which uploads each rank's checkpoint files, and
-used here to list, download, mark complete and prune checkpoints. For S3 the endpoint and keys come
-from the standard AWS environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-`AWS_REGION` / `AWS_DEFAULT_REGION`); nothing is read from the run config and no secret is printed.
+used here to list, download, mark complete and prune checkpoints. For S3 the endpoint and region come
+from the standard AWS environment (`AWS_ENDPOINT_URL`, `AWS_REGION` / `AWS_DEFAULT_REGION`); the
+credentials are never put into the filesystem object (which Ray pickles into its trainer state): every
+process resolves them itself through the AWS SDK's default chain (`AWS_ACCESS_KEY_ID` /
+`AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` in its own environment, a profile, an instance or pod role).
+Nothing is read from the run config and no secret is printed.
 """
 
 from __future__ import annotations
@@ -19,17 +22,22 @@ import pyarrow.fs as pafs
 from distdiff.train.checkpoint import COMPLETE_MARKER
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-           "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+# Where the storage is, never who may use it: the only AWS variables passed on to Ray workers.
+AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 class StorageError(RuntimeError):
     """Storage that cannot be reached or written; the message names the URL and what to check."""
 
 
-def aws_environment() -> dict[str, str]:
-    """The AWS variables of this process (to pass on to Ray workers)."""
-    return {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}
+def aws_settings() -> dict[str, str]:
+    """The non-secret AWS variables of this process (endpoint, region) to pass on to Ray workers.
+
+    Credentials stay out: whatever goes into a Ray runtime_env shows in the dashboard, the state API and
+    Ray's logs. Workers read their own (a pod's Secret, an instance role, or, for the local cluster a
+    driver starts, the driver's environment, which Ray's processes inherit).
+    """
+    return {k: os.environ[k] for k in AWS_SETTINGS if os.environ.get(k)}
 
 
 def s3_filesystem(fail_fast: bool = False) -> pafs.S3FileSystem:
@@ -43,10 +51,8 @@ def s3_filesystem(fail_fast: bool = False) -> pafs.S3FileSystem:
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme, force_virtual_addressing=False)
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        options.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                       secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
-                       session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    # No access_key / secret_key here: the object is pickled into Ray's trainer state, and the AWS SDK
+    # reads the same variables from each process's own environment anyway.
     if fail_fast:
         options.update(connect_timeout=3, request_timeout=10,
                        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
@@ -181,8 +187,9 @@ def _describe(err: OSError, uri: str) -> str:
     text = str(err)
     if any(code in text for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                                      "HTTP status 403")):
-        return (f"storage {uri}: access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                f"(endpoint {_endpoint_name()}) ({text.splitlines()[0]})")
+        return (f"storage {uri}: access denied: check the credentials of the process that asked "
+                f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or a role; Ray workers use their own "
+                f"environment) (endpoint {_endpoint_name()}) ({text.splitlines()[0]})")
     if any(code in text for code in ("curlCode", "Couldn't connect", "NETWORK_CONNECTION", "Timeout", "timed out")):
         return f"storage {uri}: cannot reach {_endpoint_name()} ({text.splitlines()[0]})"
     if "NoSuchBucket" in text or "NOT_FOUND" in text:
