@@ -249,6 +249,18 @@ def test_zero2_run_writes_complete_checkpoints_to_s3_and_losses_fall(reference_r
     assert any(not weights["unet"][k].equal(weights["unet_ema"][k]) for k in weights["unet"]), "EMA = raw weights"
 
 
+def test_resubmitting_a_finished_run_whose_checkpoints_were_pruned(reference_run, ray_cluster, seaweed):
+    """The same command again after the end (step 4 was pruned, Ray's own record still names it): it
+    starts, finds the last checkpoint complete, trains nothing and leaves the weights as they were."""
+    from distdiff.launchers.ray import train_ldm
+
+    before = export_weights(reference_run["dir"])
+    with cluster_env(ray_cluster, seaweed):
+        final = train_ldm(reference_run["cfg"])
+    assert final["steps"] == STEPS
+    assert_same_weights(export_weights(reference_run["dir"]), before)
+
+
 def _losses_under_each_zero_stage(config: dict) -> None:
     """Ray Train worker: the first steps of the stage-2 plan under ZeRO 0..3, same seed each time."""
     import ray.train

@@ -29,6 +29,10 @@ from distdiff.train.storage import Storage, StorageError, aws_settings
 
 STAGE_OUTPUTS = ("metrics.jsonl", "events.jsonl", "tensorboard", "samples", "export")  # mirrored to remote storage
 FINAL_METRICS = "final.json"  # rank 0's final metrics of a stage, read back by the driver
+# Ray Train's record of the checkpoints it was shown. It still names folders distdiff has pruned since,
+# and Ray refuses to start a run whose record names a missing folder; distdiff resumes from its own
+# COMPLETE markers, so a resubmission drops the record.
+RAY_CHECKPOINT_RECORD = "checkpoint_manager_snapshot.json"
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -186,6 +190,8 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
     outputs = storage.child(cfg.name, stage)
     if outputs.exists(FINAL_METRICS):  # from an earlier submission of this run
         outputs.fs.delete_file(outputs.path(FINAL_METRICS))
+    if checkpoints.exists(RAY_CHECKPOINT_RECORD):
+        checkpoints.fs.delete_file(checkpoints.path(RAY_CHECKPOINT_RECORD))
     dist = cfg.distributed
     run_id = f"{cfg.name}/{stage}/{uuid.uuid4().hex[:8]}"
     trainer = TorchTrainer(
