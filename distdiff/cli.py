@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> dict:
 
         study = write_study(cfg, summary, run_dir(cfg), time.perf_counter() - started)
         print(study_markdown(study), flush=True)
-        print(f"study written to {run_dir(cfg)}/trilemma.{{json,md,png}}", flush=True)
+        print(f"study written to {run_dir(cfg)}/trilemma.{{json,md,png}} and trilemma-curves.png", flush=True)
     return summary
 
 

@@ -3,8 +3,8 @@
 One command trains a latent diffusion U-Net, a Denoising Diffusion GAN and the one-step GAN baseline
 (the DDGAN's networks and losses with T = 1) jointly on one latent stream, scores every model and
 sampler with the distributed evaluator (the same samples count, seeds and reference for all), and
-writes `trilemma.json`, `trilemma.md` and `trilemma.png` (FID against seconds per image) beside the
-run. The targets of the DDGAN paper's claim are checked in the table, measured, never assumed.
+writes `trilemma.json`, `trilemma.md`, `trilemma.png` (FID against seconds per image) and
+`trilemma-curves.png` (every member's training losses) beside the run. The targets of the DDGAN paper's claim are checked in the table, measured, never assumed.
 """
 
 from __future__ import annotations
@@ -149,6 +149,47 @@ def plot_study(study: dict, path: Path) -> Path:
     return path
 
 
+# The losses `plot_curves` draws, per stage-2 member.
+CURVES = {"ldm": ("ldm/loss",), "ddgan": ("ddgan/d_loss", "ddgan/g_loss"), "gan": ("gan/d_loss", "gan/g_loss")}
+
+
+def plot_curves(metrics_path: Path, path: Path) -> Path | None:
+    """`trilemma-curves.png`: each member's training losses against the step, one panel per member.
+
+    A GAN whose discriminator loss sits at ln 4 (about 1.39, chance for the non-saturating loss on real
+    and fake halves) is not separating them; the dotted line marks it. Returns None without metrics.
+    """
+    from distdiff.train.metrics import read_metrics
+
+    if not metrics_path.is_file():
+        return None
+    records = read_metrics(metrics_path)
+    panels = {m: keys for m, keys in CURVES.items() if any(keys[0] in r for r in records)}
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (member, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*points), label=key.split("/")[1])
+        if member != "ldm":
+            ax.axhline(math.log(4), color="grey", linestyle=":", label="ln 4 (chance)")
+        ax.set_title(member)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_study(cfg: RunConfig, summary: dict, directory: Path, wall_seconds: float) -> dict:
     """Build the study record from a finished pipeline and write trilemma.json / .md / .png."""
     results = summary["evaluation_results"]
@@ -158,4 +199,5 @@ def write_study(cfg: RunConfig, summary: dict, directory: Path, wall_seconds: fl
     (directory / "trilemma.json").write_text(json.dumps(study, indent=1))
     (directory / "trilemma.md").write_text(study_markdown(study))
     plot_study(study, directory / "trilemma.png")
+    plot_curves(directory / "ldm" / "metrics.jsonl", directory / "trilemma-curves.png")
     return study

@@ -64,4 +64,5 @@ def test_quick_study_trains_scores_and_charts(tmp_path, quick_classifier_stem):
     markdown = (run / "trilemma.md").read_text()
     assert markdown == study_markdown(study) and "GAN-1" in markdown and "Reference data" in markdown
     assert (run / "trilemma.png").stat().st_size > 10_000
+    assert (run / "trilemma-curves.png").stat().st_size > 10_000
     assert (run / "eval" / "comparison.png").is_file()
