@@ -4,7 +4,8 @@ One command trains a latent diffusion U-Net, a Denoising Diffusion GAN and the o
 (the DDGAN's networks and losses with T = 1) jointly on one latent stream, scores every model and
 sampler with the distributed evaluator (the same samples count, seeds and reference for all), and
 writes `trilemma.json`, `trilemma.md`, `trilemma.png` (FID against seconds per image) and
-`trilemma-curves.png` (every member's training losses) beside the run. The targets of the DDGAN paper's claim are checked in the table, measured, never assumed.
+`trilemma-curves.png` (every member's training losses) beside the run. The targets of the DDGAN
+paper's claim are checked in the table, measured, never assumed.
 """
 
 from __future__ import annotations

@@ -125,9 +125,10 @@ def read_checkpoint(directory: Path, engines, emas: dict, generator, rank: int) 
             weights = load_file(str(_require(directory / "ema" / f"{name}.safetensors", directory)))
             ema.load_state_dict(weights, meta["ema_updates"][name])
         own = directory / "rng" / f"rank-{rank:05d}.pt"
+        rng_restored = own.exists()
         # After the run grew, a new rank has no streams of its own; never copy another rank's (two
         # ranks would draw identical noise): the caller seeds fresh ones.
-        if own.exists():
+        if rng_restored:
             restore_rng(torch.load(own, weights_only=True), generator)
         else:
             _require(directory / "rng" / "rank-00000.pt", directory)  # rank 0's file proves the folder whole
@@ -136,7 +137,7 @@ def read_checkpoint(directory: Path, engines, emas: dict, generator, rank: int) 
     except Exception as err:  # corrupt safetensors, truncated JSON, wrong shapes...
         raise CheckpointError(f"checkpoint {directory} is corrupt: {type(err).__name__}: {err}") from err
     return TrainState(meta["step"], meta["samples_seen"], meta["data_states"], meta.get("metrics", {}),
-                      rng_restored=own.exists())
+                      rng_restored=rng_restored)
 
 
 def seed_fresh_streams(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
