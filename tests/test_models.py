@@ -182,8 +182,8 @@ def test_down_and_upsample_shapes():
 _IMAGE_SIZES = {
     ("vae", "tiny"): 16, ("vae", "mnist-f4"): 32, ("vae", "mnist-f8"): 32, ("vae", "stacked-f4"): 32,
     ("vae", "kl-f4"): 16, ("vae", "kl-f8"): 16,
-    ("unet", "tiny"): 16, ("unet", "small"): 8, ("unet", "ddpm-cifar10"): 32, ("unet", "ldm-latent32"): 16,
-    ("unet", "ldm-celebahq256"): 8,
+    ("unet", "tiny"): 16, ("unet", "small"): 8, ("unet", "trilemma"): 8, ("unet", "ddpm-cifar10"): 32,
+    ("unet", "ldm-latent32"): 16, ("unet", "ldm-celebahq256"): 8,
     ("ddgan_generator", "tiny"): 8, ("ddgan_generator", "small"): 8, ("ddgan_generator", "trilemma"): 8,
     ("ddgan_generator", "ddgan-cifar10"): 16, ("ddgan_generator", "ddgan-stackedmnist"): 16,
     ("ddgan_generator", "ddgan-celebahq256"): 32,
@@ -381,7 +381,7 @@ def test_discriminator_logit_depends_on_rest_of_batch():
 
 
 def test_unknown_preset_and_family_errors_list_valid_names():
-    with pytest.raises(ValueError, match="unknown unet preset 'foo'; valid presets: tiny, small, ddpm-cifar10, ldm-celebahq256"):
+    with pytest.raises(ValueError, match="unknown unet preset 'foo'; valid presets: tiny, small, trilemma, ddpm-cifar10, ldm-celebahq256"):
         build_model("unet", "foo")
     with pytest.raises(ValueError, match="mnist-f4"):
         preset_kwargs("vae", "nope")

@@ -52,6 +52,12 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         in_channels=4, model_channels=48, channel_mult=(1, 2), num_res_blocks=2, attention_levels=(1,),
         dropout=0.0,
     ),
+    # The trilemma study's U-Net on 8x8x4 latents: 1.00 M parameters, matched to the DDGAN generator
+    # (1.26 M) so that the speed comparison is between networks of one size.
+    "trilemma": dict(
+        in_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=2, attention_levels=(1,),
+        dropout=0.0,
+    ),
     # Ho et al. 2020, CIFAR-10: 35.7 M parameters, attention at 16x16.
     "ddpm-cifar10": dict(
         in_channels=3, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,),
