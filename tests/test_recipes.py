@@ -77,8 +77,8 @@ def test_recipe_optimisers_follow_the_official_commands():
     assert (ddpm["lr"], ddpm["warmup_steps"], ddpm["grad_clip"]) == (2.0e-4, 5000, 1.0)
 
 
-@pytest.mark.parametrize("name", ["trilemma.yaml", "mnist-embedded.yaml"])
+@pytest.mark.parametrize("name", ["trilemma.yaml", "trilemma-long.yaml", "mnist-embedded.yaml"])
 def test_embedded_configs_validate(name, capsys):
-    command = "trilemma" if name == "trilemma.yaml" else "pipeline"
+    command = "trilemma" if name.startswith("trilemma") else "pipeline"
     assert main([command, "--config", str(CONFIGS / name), "--dry-run"]) == 0
     assert "config is valid" in capsys.readouterr().out
