@@ -7,6 +7,7 @@ the model registry and the data before any work starts, and with `--dry-run` sto
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -24,8 +25,10 @@ DESCRIPTIONS = {
 EPILOG = """overrides are dotted keys, e.g.  stage2.steps=500 ldm.preset=tiny data.source=s3://bucket/cifar10
 outputs go to <output_dir>/<name>/: config.yaml, vae/ and ldm/ (checkpoints/, samples/*.png,
 metrics.jsonl, tensorboard/, export/), summary.json and eval/ for the pipeline, trilemma.* for the study.
-exit status: 0 done, 2 bad config, 75 stopped early by SIGTERM after a checkpoint (run the same
-command again to resume), 1 any other failure."""
+exit status: 0 done, 2 bad config, 3 stopped on a failure that no retry can fix (a NaN or inf loss,
+bad data past the threshold, no loadable checkpoint; never retried, whatever distributed.max_failures
+says), 75 stopped early by SIGTERM after a checkpoint (run the same command again to resume),
+1 any other failure."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--local", action="store_true",
                        help="run in this process (CPU or one GPU) instead of on Ray workers")
         p.add_argument("--dry-run", action="store_true", help="resolve, validate and print the config, then exit")
+        p.add_argument("--verbose", action="store_true",
+                       help="keep Ray Train's own INFO lines (one per metrics report) on the console")
         if name == "trilemma":
             p.add_argument("--quick", action="store_true",
                            help="tiny networks, a few steps and a few dozen samples: checks the whole path in "
@@ -69,14 +74,11 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> dict:
         from distdiff.launchers import local as launcher
     else:
         from distdiff.launchers import ray as launcher
-    if args.command == "train-vae":
+    if args.command in ("train-vae", "train-ldm"):
         launcher.prepare_run_dir(cfg)
-        return launcher.train_vae(cfg) if not args.local else launcher.train_vae_local(cfg)
-    if args.command == "train-ldm":
-        launcher.prepare_run_dir(cfg)
-        return launcher.train_ldm(cfg) if not args.local else launcher.train_ldm_local(cfg)
+        return (launcher.train_vae if args.command == "train-vae" else launcher.train_ldm)(cfg)
     started = time.perf_counter()
-    summary = launcher.run_pipeline(cfg) if not args.local else launcher.run_pipeline_local(cfg)
+    summary = launcher.run_pipeline(cfg)
     if args.command == "trilemma" and not summary.get("preempted"):
         from distdiff.train.stages import run_dir
         from distdiff.trilemma import study_markdown, write_study
@@ -99,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if args.verbose:
+        os.environ["DISTDIFF_VERBOSE"] = "1"  # read by the Ray workers (passed on to them)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         print("config is valid (dry run: nothing was trained)")
         return 0
-    result = run(args, cfg)
+    from distdiff.train.failures import HOPELESS_ERRORS, HOPELESS_EXIT, HopelessFailure
+
+    try:
+        result = run(args, cfg)
+    except (HopelessFailure, *HOPELESS_ERRORS) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return HOPELESS_EXIT
     if result.get("preempted"):
         # Saved and stopped early: a non-zero status tells schedulers (Slurm requeue, KubeRay, CI) that
         # the job is unfinished; the same command resumes it.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from distdiff.data.bench import BenchSettings, run_data_benchmark  # noqa: E402
+from distdiff.bench.data import BenchSettings, run_data_benchmark  # noqa: E402
 
 
 def make_stage2_step(batch: dict, device: str = "cpu"):

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from distdiff.eval.bench import run_benchmark  # noqa: E402
+from distdiff.bench.eval import run_benchmark  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from distdiff.train.bench import run_benchmark  # noqa: E402
+from distdiff.bench.train import run_benchmark  # noqa: E402
 
 
 def main() -> int:

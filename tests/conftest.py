@@ -6,6 +6,7 @@ A real S3 server for the data-plane tests: one SeaweedFS `weed mini` per test se
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
@@ -13,8 +14,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
-    """The session's SeaweedFS server (`distdiff.data.seaweed.SeaweedServer`), started and ready."""
-    from distdiff.data.seaweed import SeaweedServer, find_weed
+    """The session's SeaweedFS server (`distdiff.testing.seaweed.SeaweedServer`), started and ready."""
+    from distdiff.testing.seaweed import SeaweedServer, find_weed
 
     try:
         find_weed()
@@ -42,23 +43,43 @@ def s3_bucket(s3_env):
     return s3_env.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with `count` intra-op torch threads, then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small tensors: on a shared 2-core machine intra-op threads only
+    add overhead, and oversubscribed OpenMP threads can be ten times slower. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def quick_classifier_stem(tmp_path_factory):
     """The path stem of an MNIST classifier trained for seconds (3 epochs on 2,000 digits, > 90 % held out).
 
     Pipelines and studies in the tests score with it instead of training the full one (about a minute).
     """
-    import torch
 
     from distdiff.data.embedded import load_embedded_mnist
     from distdiff.eval.classifier import save_classifier, split_train_test, train_mnist_classifier
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     images, labels = load_embedded_mnist()
     train, _ = split_train_test(len(images), 1000, seed=0)
-    model = train_mnist_classifier(images[train[:2000]], labels[train[:2000]], epochs=3, width=8, seed=0, log=None)
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        model = train_mnist_classifier(images[train[:2000]], labels[train[:2000]], epochs=3, width=8, seed=0,
+                                       log=None)
     stem = tmp_path_factory.mktemp("classifier") / "quick"
     save_classifier(model, stem)
     return stem

@@ -67,3 +67,14 @@ def test_partial_nested_section_keeps_the_fields_defaults(tmp_path):
     assert cfg.ddgan.d_optim.lr == 2e-3 and cfg.ddgan.d_optim.betas == (0.5, 0.9)
     assert cfg.ddgan.g_optim.grad_clip == cfg.ddgan.d_optim.grad_clip == 0.0
     assert cfg.stage2.steps == 7 and cfg.stage2.batch_size == RunConfig().stage2.batch_size
+
+
+def test_config_knows_every_embedded_dataset():
+    from distdiff.config.schema import EMBEDDED_SOURCES
+    from distdiff.data.embedded import EMBEDDED_DATASETS
+
+    assert set(EMBEDDED_SOURCES) == set(EMBEDDED_DATASETS)
+    for dataset in EMBEDDED_DATASETS.values():
+        images, labels = dataset.load(12, 0)
+        assert images.shape[1:] == dataset.image_shape and len(images) == len(labels) == dataset.size(12)
+        assert int(labels.max()) < dataset.num_classes

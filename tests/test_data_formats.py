@@ -178,7 +178,7 @@ def test_embedded_mnist_round_trip(tmp_path):
 
 
 def test_make_shards_command(tmp_path, capsys, mnist_folder):
-    from distdiff.data.cli import main
+    from distdiff.make_shards import main
 
     folder = mnist_folder[0]
     dest = str(tmp_path / "cli")

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from data_helpers import write_synthetic
 
-from distdiff.data import DataError, PoolEncoder, VAEEncoder, build_stream, describe_shards, encode_latent_shards
+from distdiff.data import DataError, PoolEncoder, build_stream, describe_shards, encode_latent_shards
+from distdiff.tasks import VAEEncoder
 
 B, SEED = 8, 3
 

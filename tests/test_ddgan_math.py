@@ -16,13 +16,7 @@ from distdiff.diffusion import (
 BETA_MIN, BETA_MAX = 0.1, 20.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: intra-op threads only add overhead on a busy machine; restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed):

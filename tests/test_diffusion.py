@@ -12,7 +12,6 @@ from distdiff.diffusion import (
     classifier_free_guidance,
     ddim_sample,
     ddim_timesteps,
-    ddpm_loss,
     ddpm_sample,
     ddpm_schedule,
     ddpm_step,
@@ -25,6 +24,7 @@ from distdiff.diffusion import (
     randint,
     randn,
 )
+from distdiff.tasks.ldm import ddpm_loss
 
 TABLES = [
     "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
@@ -39,14 +39,7 @@ def _gen(seed):
     return g
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors over many steps: intra-op threads only add overhead (and stall on a busy
-    # machine), so this module runs single-threaded and restores the setting afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _full_t(value, batch):

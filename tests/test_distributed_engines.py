@@ -12,13 +12,13 @@ import signal
 import pytest
 
 from distdiff.config import DistributedConfig, OptimConfig
+from distdiff.config import deep_merge
 from distdiff.train import preemption
 from distdiff.train.checkpoint import CheckpointError
 from distdiff.train.deepspeed_engines import (
     ZERO3_RESIDENT,
     build_deepspeed_config,
-    deep_merge,
-    engine_zero_stage,
+    effective_zero_stage,
     needs_universal,
 )
 from distdiff.train.storage import Storage, StorageError
@@ -45,11 +45,27 @@ def test_deepspeed_json_comes_from_typed_fields_with_the_raw_dict_merged_last():
 
 def test_second_order_networks_stay_at_zero2_even_against_the_raw_dict():
     dist = DistributedConfig(zero_stage=3, deepspeed={"zero_optimization": {"stage": 3}})
-    assert build_deepspeed_config(OptimConfig(), "adam", dist, "fp32", 4, resident=True)["zero_optimization"]["stage"] == 2
-    assert build_deepspeed_config(OptimConfig(), "adam", dist, "fp32", 4)["zero_optimization"]["stage"] == 3
+    assert build_deepspeed_config(OptimConfig(), "adam", dist, "fp32", 4, name="ddgan_d")["zero_optimization"][
+        "stage"] == 2
+    assert build_deepspeed_config(OptimConfig(), "adam", dist, "fp32", 4, name="unet")["zero_optimization"][
+        "stage"] == 3
     assert "ddgan_d" in ZERO3_RESIDENT
-    assert engine_zero_stage("ddgan_d", 3) == 2 and engine_zero_stage("unet", 3) == 3
-    assert engine_zero_stage("ddgan_d", 1) == 1
+    assert effective_zero_stage("ddgan_d", dist) == 2 and effective_zero_stage("unet", dist) == 3
+    assert effective_zero_stage("ddgan_d", DistributedConfig(zero_stage=1)) == 1
+
+
+def test_a_raw_zero_stage_override_needs_no_conversion_on_resume():
+    """The stage an engine was built with is the stage the resume compares against: a raw
+    `zero_optimization.stage` in distributed.deepspeed does not make every resume convert."""
+    from distdiff.train.universal import universal_engines
+
+    dist = DistributedConfig(zero_stage=2, deepspeed={"zero_optimization": {"stage": 1}})
+    built = {name: build_deepspeed_config(OptimConfig(), "adam", dist, "fp32", 4, name=name)["zero_optimization"]
+             ["stage"] for name in ("unet", "ddgan_d")}
+    assert built == {"unet": 1, "ddgan_d": 1}
+    saved = {name: {"world_size": 2, "zero_stage": stage, "precision": "fp32"} for name, stage in built.items()}
+    assert universal_engines(saved, 2, dist, bf16=False) == frozenset()
+    assert universal_engines(saved, 4, dist, bf16=False) == {"unet", "ddgan_d"}  # a real layout change
 
 
 def test_deep_merge_does_not_touch_its_inputs():
@@ -166,3 +182,18 @@ def test_cosine_schedule_is_the_same_on_plain_and_deepspeed_engines(tmp_path, mo
         engine.destroy()
     finally:
         dist.destroy_process_group()
+
+
+def test_both_engines_implement_the_engine_protocol():
+    from torch import nn
+
+    from distdiff.config import OptimConfig
+    from distdiff.train.deepspeed_engines import DeepSpeedEngine
+    from distdiff.train.engines import Engine, TorchEngine
+
+    members = [name for name in vars(Engine) if not name.startswith("_")]
+    assert {"backward_step", "save", "load", "consolidate", "destroy", "collective_forward"} <= set(members)
+    for cls in (TorchEngine, DeepSpeedEngine):
+        missing = [name for name in members if not hasattr(cls, name)]
+        assert not missing, f"{cls.__name__} lacks {missing}"
+    assert isinstance(TorchEngine(nn.Linear(2, 2), OptimConfig()), Engine)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from safetensors.torch import load_file
 from distdiff.cli import PREEMPTED_EXIT
 from distdiff.config import RunConfig, dump_yaml, load_config
 from distdiff.train.metrics import read_metrics
+from distdiff.testing.environ import environment
 from distdiff.train.storage import Storage, StorageError
 
 pytestmark = pytest.mark.slow
@@ -150,27 +152,19 @@ def cluster_env(cluster, seaweed=None, **extra: str):
     """RAY_ADDRESS / token auth (and the S3 server's AWS variables) for the duration of a run."""
     values = {"RAY_ADDRESS": cluster["address"], "RAY_AUTH_MODE": "token", **(seaweed.env() if seaweed else {}),
               **extra}
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
+    with environment(values):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory):
     """Exported weights of a tiny VAE (trained 2 steps locally): the frozen encoder of stage 2."""
-    from distdiff.launchers.local import train_vae_local
+    from distdiff.launchers.local import train_vae
 
     out = tmp_path_factory.mktemp("vae")
     cfg = load_config(RunConfig, ROOT / "configs" / "pipeline-smoke.yaml",
                       [f"output_dir={out}", "stage1.steps=2", "stage1.checkpoint_every=2"])
-    return train_vae_local(cfg)["export"]
+    return train_vae(cfg)["export"]
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +243,26 @@ def test_zero2_run_writes_complete_checkpoints_to_s3_and_losses_fall(reference_r
     assert any(not weights["unet"][k].equal(weights["unet_ema"][k]) for k in weights["unet"]), "EMA = raw weights"
 
 
+def test_bf16_training_on_cpu_runs_losses_fall_and_resumes(ray_cluster, seaweed, bucket, tiny_vae, tmp_path):
+    """DeepSpeed's bf16 mode (fp32 master weights) on 2 CPU workers, the frozen VAE in fp32: the run
+    stops at step 8, the resubmission resumes there and trains to 12, and the losses fall."""
+    from distdiff.launchers.ray import train_ldm
+
+    with cluster_env(ray_cluster, seaweed):
+        assert train_ldm(stage2_config(tmp_path, "bf16", tiny_vae, bucket, "precision=bf16", "stage2.steps=8"))[
+            "steps"] == 8
+        final = train_ldm(stage2_config(tmp_path, "bf16", tiny_vae, bucket, "precision=bf16"))
+    assert final["steps"] == STEPS and not final["preempted"]
+    events = read_metrics(tmp_path / "bf16" / "ldm" / "events.jsonl")
+    assert [(e["event"], e["step"]) for e in events] == [("resume", 8)]
+    losses = losses_by_step(tmp_path / "bf16")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert all(math.isfinite(v) for step in losses.values() for v in step.values())
+    first = sum(losses[s]["ldm/loss"] for s in range(1, 5)) / 4
+    last = sum(losses[s]["ldm/loss"] for s in range(STEPS - 3, STEPS + 1)) / 4
+    assert last < 0.95 * first, f"LDM loss did not fall in bf16: {first:.4f} -> {last:.4f}"
+
+
 def test_resubmitting_a_finished_run_whose_checkpoints_were_pruned(reference_run, ray_cluster, seaweed):
     """The same command again after the end (step 4 was pruned, Ray's own record still names it): it
     starts, finds the last checkpoint complete, trains nothing and leaves the weights as they were."""
@@ -272,7 +286,7 @@ def _losses_under_each_zero_stage(config: dict) -> None:
 
     rank, world_size = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     ctx = type("Ctx", (), {"rank": rank, "world_size": world_size, "device": torch.device("cpu")})()
-    results = {}
+    results, emas = {}, {}
     for stage in (0, 1, 2, 3):
         cfg = from_dict(RunConfig, config["cfg"])
         cfg.distributed.zero_stage = stage
@@ -280,12 +294,17 @@ def _losses_under_each_zero_stage(config: dict) -> None:
         batches = iter(plan.stream)
         generator = torch.Generator().manual_seed(1000 + rank)
         torch.manual_seed(rank)
-        results[stage] = [plan.step_fn(next(batches), plan.engines, step, generator) for step in range(3)]
-        for name, ema in plan.emas.items():
-            ema.update(plan.engines[name].module)  # gathers partitioned weights under ZeRO-3
+        results[stage] = []
+        for step in range(3):
+            results[stage].append(plan.step_fn(next(batches), plan.engines, step, generator))
+            for name, ema in plan.emas.items():
+                ema.update(plan.engines[name].module)  # gathers partitioned weights under ZeRO-3
+        # Each EMA tensor by its sum and sum of squares (float64): enough to tell any wrong value.
+        emas[stage] = {f"{name}.{key}": [float(t.double().sum()), float(t.double().square().sum())]
+                       for name, ema in plan.emas.items() for key, t in ema.state_dict().items()}
         destroy_engines(plan.engines)
     if rank == 0:
-        Path(config["out"]).write_text(json.dumps(results))
+        Path(config["out"]).write_text(json.dumps({"losses": results, "emas": emas}))
 
 
 def test_zero_stages_0_to_3_give_identical_fp32_losses(ray_cluster, seaweed, bucket, tiny_vae, tmp_path):
@@ -294,7 +313,7 @@ def test_zero_stages_0_to_3_give_identical_fp32_losses(ray_cluster, seaweed, buc
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from distdiff.config import to_dict
-    from distdiff.launchers.ray import _connect, _worker_env
+    from distdiff.launchers.ray_cluster import connect, worker_env
 
     # stage3_param_persistence_threshold 0: ZeRO-3 really partitions even the tiny networks' weights
     cfg = stage2_config(tmp_path, "zero", tiny_vae, bucket,
@@ -302,12 +321,14 @@ def test_zero_stages_0_to_3_give_identical_fp32_losses(ray_cluster, seaweed, buc
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     out = tmp_path / "losses.json"
     with cluster_env(ray_cluster, seaweed):
-        _connect(cfg)
+        connect()
         TorchTrainer(_losses_under_each_zero_stage, train_loop_config={"cfg": to_dict(cfg), "out": str(out)},
                      torch_config=TorchConfig(backend="gloo"), scaling_config=ScalingConfig(num_workers=2),
                      run_config=RayRunConfig(name="zero", storage_path=str(tmp_path / "ray"),
-                                             worker_runtime_env=_worker_env())).fit()
-    results = {int(k): v for k, v in json.loads(out.read_text()).items()}
+                                             worker_runtime_env={"env_vars": worker_env()})).fit()
+    written = json.loads(out.read_text())
+    results = {int(k): v for k, v in written["losses"].items()}
+    emas = {int(k): v for k, v in written["emas"].items()}
     keys = [k for k in results[2][0] if k.endswith("loss")]
     assert {"ldm/loss", "ddgan/d_loss", "ddgan/g_loss"} <= set(keys)
     for stage in (0, 1, 3):
@@ -319,6 +340,10 @@ def test_zero_stages_0_to_3_give_identical_fp32_losses(ray_cluster, seaweed, buc
                     (stage, step, key)
             if stage in (1, 3):
                 assert results[stage][step]["ldm/loss"] == results[2][step]["ldm/loss"]
+        # The EMAs after three updates: under ZeRO-3 each update gathers the partitioned weights first.
+        assert emas[stage].keys() == emas[2].keys() and any(k.startswith("unet") for k in emas[2])
+        for key, values in emas[stage].items():
+            assert values == pytest.approx(emas[2][key], rel=1e-6, abs=1e-7), (stage, key)
 
 
 def _train_worker_pids(cluster) -> list[int]:
@@ -368,6 +393,187 @@ def test_killed_worker_resumes_from_checkpoint_with_identical_losses(reference_r
     assert sorted(set(steps)) == list(range(1, STEPS + 1))
     assert losses_by_step(tmp_path / "faulty") == losses_by_step(reference_run["dir"])
     assert_same_weights(export_weights(tmp_path / "faulty"), export_weights(reference_run["dir"]))
+
+
+def test_worker_killed_mid_save_leaves_the_previous_checkpoint_and_the_run_resumes(reference_run, ray_cluster,
+                                                                                  seaweed, bucket, tiny_vae,
+                                                                                  tmp_path):
+    """SIGKILL of a worker while the ranks write the second checkpoint (its staging folder exists,
+    its COMPLETE marker does not): the first checkpoint stays the newest loadable one, the run resumes
+    from it and ends where the uninterrupted run ended."""
+    from distdiff.launchers.ray import train_ldm
+
+    first, second = f"step-{CHECKPOINT_EVERY:08d}", f"step-{2 * CHECKPOINT_EVERY:08d}"
+    started = time.time()
+    cfg = stage2_config(tmp_path, "midsave", tiny_vae, bucket)
+    seen: dict = {}
+
+    def kill_mid_save() -> None:
+        deadline = time.monotonic() + 300
+        pids: list[int] = []
+        while len(pids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)  # polling interval of the state API
+            pids = _train_worker_pids(ray_cluster)
+        while time.monotonic() < deadline:  # each rank stages its part under its own temporary folder
+            staging = [p for p in Path(tempfile.gettempdir()).glob(f"distdiff-rank*-*/staging/{second}")
+                       if p.stat().st_mtime >= started]
+            if staging:
+                os.kill(pids[-1], signal.SIGKILL)
+                seen["complete"] = checkpoints.exists(second, "COMPLETE")
+                return
+            time.sleep(0.005)  # polling interval: a save takes far longer
+
+    with cluster_env(ray_cluster, seaweed):
+        checkpoints = Storage.open(f"s3://{bucket}/runs").child("midsave", "ldm", "checkpoints")
+        killer = threading.Thread(target=kill_mid_save, daemon=True)
+        killer.start()
+        final = train_ldm(cfg)
+        killer.join(timeout=5)
+    assert seen == {"complete": False}, "the kill did not land during the save"
+    assert final["steps"] == STEPS
+    events = read_metrics(tmp_path / "midsave" / "ldm" / "events.jsonl")
+    assert [(e["event"], e["step"]) for e in events] == [("resume", CHECKPOINT_EVERY)], (first, events)
+    assert_same_weights(export_weights(tmp_path / "midsave"), export_weights(reference_run["dir"]))
+
+
+def test_damaged_newest_checkpoint_in_s3_is_passed_over(reference_run, ray_cluster, seaweed, bucket, tmp_path):
+    """The reference run's last two checkpoints, the newest with a DeepSpeed engine file cut short in
+    S3 (an interrupted upload): the run warns, resumes from the older one and ends where the
+    reference ended, weight for weight."""
+    from distdiff.launchers.ray import train_ldm
+
+    older, newest = f"step-{STEPS - CHECKPOINT_EVERY:08d}", f"step-{STEPS:08d}"
+    with cluster_env(ray_cluster, seaweed):
+        storage = Storage.open(f"s3://{bucket}/runs")
+        source, checkpoints = (storage.child(run, "ldm", "checkpoints") for run in ("reference", "damaged"))
+        for name in (older, newest):
+            checkpoints.upload(source.download(name, tmp_path / "copy" / name), name)
+        engine_file = next(f for f in sorted(checkpoints.file_sizes(newest)) if f.startswith("engines/")
+                           and f.endswith(".pt"))
+        data = (tmp_path / "copy" / newest / engine_file).read_bytes()
+        with checkpoints.fs.open_output_stream(checkpoints.path(newest, engine_file)) as f:
+            f.write(data[: len(data) // 2])
+        cfg = copy.deepcopy(reference_run["cfg"])
+        cfg.output_dir, cfg.name = str(tmp_path), "damaged"
+        final = train_ldm(cfg)
+    assert final["steps"] == STEPS
+    events = read_metrics(tmp_path / "damaged" / "ldm" / "events.jsonl")
+    assert [e["event"] for e in events] == ["damaged_checkpoint", "resume"], events
+    assert events[0]["checkpoint"].endswith(newest)
+    assert f"{engine_file} has {len(data) // 2} bytes" in events[0]["problem"]
+    assert events[1]["step"] == STEPS - CHECKPOINT_EVERY
+    assert_same_weights(export_weights(tmp_path / "damaged"), export_weights(reference_run["dir"]))
+
+
+def test_nan_loss_is_not_retried_whatever_max_failures_says(ray_cluster, seaweed, bucket, tiny_vae, tmp_path):
+    """An absurd learning rate makes the U-Net's loss non-finite on the step after the first
+    checkpoint. With max_failures 3 a retry would resume from that checkpoint (an event); instead
+    the run ends after its one attempt with the loss named."""
+    from distdiff.launchers.ray import train_ldm
+    from distdiff.train.failures import HOPELESS_RECORD, HopelessFailure
+
+    cfg = stage2_config(tmp_path, "hopeless", tiny_vae, bucket, "distributed.max_failures=3",
+                        "stage2.checkpoint_every=1", "ldm.optim.lr=1e30", "ldm.optim.warmup_steps=0")
+    with cluster_env(ray_cluster, seaweed):
+        with pytest.raises(HopelessFailure, match=r"NonFiniteLossError: \[ldm\] step 1: .*loss is (nan|inf)"):
+            train_ldm(cfg)
+        record = json.loads(Storage.open(f"s3://{bucket}/runs").child("hopeless", "ldm").read_text(HOPELESS_RECORD))
+    assert record["error"] == "NonFiniteLossError" and record["stage"] == "ldm"
+    events = tmp_path / "hopeless" / "ldm" / "events.jsonl"
+    assert not events.exists() or not read_metrics(events), "a retry resumed the run"
+    assert [r["step"] for r in read_metrics(tmp_path / "hopeless" / "ldm" / "metrics.jsonl")] == [1]
+
+
+def _one_epoch_exactly(final: dict, n: int) -> None:
+    """Every dataset index drawn once: the count, the sum and the sum of squares of the indices."""
+    assert final["data/samples"] == n
+    assert final["data/index_sum"] == n * (n - 1) // 2
+    assert final["data/index_square_sum"] == (n - 1) * n * (2 * n - 1) // 6
+    assert final["data/bad_samples"] == 0
+
+
+@pytest.fixture(scope="module")
+def image_shards(ray_cluster, seaweed, bucket):
+    """320 synthetic 1x32x32 digits-like images as WebDataset shards of 8 in S3 (20 steps of 2 x 8)."""
+    from data_helpers import write_synthetic
+
+    url = f"s3://{bucket}/image-shards"
+    with cluster_env(ray_cluster, seaweed):
+        write_synthetic(url, 320, 8, channels=1, size=32)
+    return url
+
+
+def test_stage2_from_image_shards_in_s3_survives_a_server_restart(ray_cluster, seaweed, image_shards, tiny_vae,
+                                                                   tmp_path):
+    """Stage 2 on 2 workers streams the image shards from SeaweedFS, which is killed and restarted
+    mid-run: the run completes in its one attempt and drew each image of the epoch exactly once."""
+    from distdiff.launchers.ray import train_ldm
+
+    cfg = stage2_config(tmp_path, "shards", tiny_vae, "unused", f"data.source={image_shards}", "stage2.steps=20",
+                        "stage2.checkpoint_every=10", f"distributed.storage_path={tmp_path / 'storage'}")
+    metrics = tmp_path / "shards" / "ldm" / "metrics.jsonl"
+
+    def outage() -> None:
+        _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= 2, 300, "training step 2")
+        seaweed.stop(kill=True)
+        time.sleep(2.0)  # the outage lasts while the workers keep reading
+        seaweed.start()
+
+    with cluster_env(ray_cluster, seaweed):
+        restarter = threading.Thread(target=outage)
+        restarter.start()
+        try:
+            final = train_ldm(cfg)
+        finally:
+            restarter.join()
+    assert final["steps"] == 20
+    _one_epoch_exactly(final, 320)
+    assert final["data/retries"] >= 1, "no read met the outage"
+    assert not (tmp_path / "shards" / "ldm" / "events.jsonl").exists(), "the run was restarted"
+
+
+def test_scale_up_1_to_2_to_4_workers_fresh_noise_exact_epoch(ray_cluster, seaweed, image_shards, tiny_vae,
+                                                                 tmp_path):
+    """One epoch of the 320 shard images trained on 1 worker (4 steps of 8), then resumed on 2 (4
+    steps of 16), then on 4 (7 steps of 32): each resume starts from the saved weights, every rank
+    draws its own noise, and the three attempts together read each image exactly once."""
+    from distdiff.launchers.ray import train_ldm
+
+    def run(workers: int, steps: int) -> dict:
+        cfg = stage2_config(tmp_path, "grow", tiny_vae, "unused", f"data.source={image_shards}",
+                            f"distributed.num_workers={workers}", f"stage2.steps={steps}",
+                            "stage2.checkpoint_every=1000", f"distributed.storage_path={tmp_path / 'storage'}")
+        return train_ldm(cfg)
+
+    with cluster_env(ray_cluster, seaweed):
+        attempts = [run(1, 4)]
+        at_resume = export_weights(tmp_path / "grow")
+        attempts.append(run(2, 4))  # resumes at step 4 with nothing to train: exports what it loaded
+        assert_same_weights(export_weights(tmp_path / "grow"), at_resume)
+        attempts += [run(2, 8), run(4, 15)]
+    assert [a["steps"] for a in attempts] == [4, 4, 8, 15]
+    assert [a["rng/distinct_rank_streams"] for a in attempts] == [1, 2, 2, 4]
+    _one_epoch_exactly({k: sum(a[k] for a in attempts) for k in attempts[0] if k.startswith("data/")}, 320)
+    events = read_metrics(tmp_path / "grow" / "ldm" / "events.jsonl")
+    assert [(e["step"], e["world_size"]) for e in events] == [(4, 2), (4, 2), (8, 4)]
+
+
+def test_stage2_from_latent_shards_made_by_make_shards(ray_cluster, seaweed, bucket, image_shards, tiny_vae,
+                                                       tmp_path):
+    """`make_shards latents` encodes the S3 image shards with the VAE; stage 2 trains on the latent
+    shards through Ray and DeepSpeed, one epoch, each latent once."""
+    from distdiff.make_shards import main as make_shards
+    from distdiff.launchers.ray import train_ldm
+
+    latents = f"s3://{bucket}/latent-shards"
+    with cluster_env(ray_cluster, seaweed):
+        assert make_shards(["latents", "--source", image_shards, "--dest", latents, "--vae", str(tiny_vae)]) == 0
+        cfg = stage2_config(tmp_path, "latents", tiny_vae, bucket, f"data.source={latents}", "stage2.steps=20",
+                            "stage2.checkpoint_every=10")
+        final = train_ldm(cfg)
+    assert final["steps"] == 20
+    _one_epoch_exactly(final, 320)
+    assert all(math.isfinite(final[key]) for key in ("ldm/loss", "ddgan/d_loss", "ddgan/g_loss"))
 
 
 @contextlib.contextmanager
@@ -528,6 +734,43 @@ def test_ray_job_submit_runs_the_smoke_config(ray_cluster, seaweed, bucket, tmp_
         assert run.exists("checkpoints", "step-00000006", "COMPLETE")
         assert json.loads(run.read_text("export", "export.json"))["models"]
     assert read_metrics(tmp_path / "ldm-smoke" / "ldm" / "metrics.jsonl")[-1]["step"] == 6
+
+
+def test_ray_job_stop_checkpoints_every_rank_and_the_resubmission_resumes(ray_cluster, seaweed, bucket, tmp_path):
+    """`ray job stop` signals the driver, which asks both workers to checkpoint and stop; the job's
+    RAY_JOB_STOP_WAIT_TIME_S gives that time before Ray's SIGKILL (3 s by default). The same job
+    submitted again resumes from that checkpoint."""
+    env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["dashboard"]}
+    grace = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "120"}})
+
+    def submit(job_id: str, steps: int, wait: bool) -> subprocess.CompletedProcess:
+        command = [*_ray_command("job", "submit", "--submission-id", job_id, "--working-dir", ".",
+                                 "--runtime-env-json", grace, *([] if wait else ["--no-wait"])), "--",
+                   sys.executable, "launch/train_ldm.py", "--config", "configs/ldm-smoke.yaml", "name=stopped",
+                   f"output_dir={tmp_path}", f"distributed.storage_path=s3://{bucket}/stopped",
+                   f"stage2.steps={steps}", "stage2.checkpoint_every=1000", "stage2.log_every=1"]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+    first = f"stopped-{uuid.uuid4().hex[:8]}"
+    assert submit(first, 1000, wait=False).returncode == 0
+    metrics = tmp_path / "stopped" / "ldm" / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and read_metrics(metrics)[-1]["step"] >= 2, 300, "training step 2")
+    stop = subprocess.run(_ray_command("job", "stop", first), env=env, capture_output=True, text=True, timeout=200)
+    assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
+    with cluster_env(ray_cluster, seaweed):
+        run = Storage.open(f"s3://{bucket}/stopped").child("stopped", "ldm")
+        final = json.loads(run.read_text("final.json"))
+        name = f"step-{final['steps']:08d}"
+        files = run.child("checkpoints").file_sizes(name)
+    assert final["preempted"] and 2 <= final["steps"] < 1000
+    assert "COMPLETE" in files and {"rng/rank-00000.pt", "rng/rank-00001.pt"} <= set(files), sorted(files)
+    assert {"manifest/rank-00000.json", "manifest/rank-00001.json"} <= set(files)
+
+    done = submit(f"resumed-{uuid.uuid4().hex[:8]}", final["steps"] + 2, wait=True)
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    events = read_metrics(tmp_path / "stopped" / "ldm" / "events.jsonl")
+    assert [(e["event"], e["step"]) for e in events] == [("resume", final["steps"])]
+    assert read_metrics(metrics)[-1]["step"] == final["steps"] + 2
 
 
 def _files_holding(folder: Path, secret: bytes) -> list[str]:

@@ -25,12 +25,7 @@ from distdiff.eval.reference import ArrayReference
 from distdiff.eval.stats import local_reduce_sum
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than 2 oversubscribed threads on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

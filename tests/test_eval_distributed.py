@@ -14,16 +14,10 @@ from distdiff.eval.evaluator import EvalSettings, evaluate_worker
 from distdiff.eval.multiproc import evaluate_multiprocess
 from distdiff.eval.reference import ArrayReference
 from distdiff.eval.stats import local_reduce_sum
-from distdiff.eval.toy import write_tiny_export
+from distdiff.testing.toy import write_tiny_export
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # One thread per process: on a shared 2-core machine, oversubscribed OpenMP threads are 10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

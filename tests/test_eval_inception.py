@@ -64,6 +64,45 @@ def test_weights_from_env_var_and_cache(tmp_path, monkeypatch):
     assert resolve_inception_weights() == link
 
 
+def _serve_once(folder):
+    """A local HTTP server for `folder` in a thread; returns (base URL, server)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
+def test_fetched_weights_must_match_the_expected_sha1_whatever_the_url(tmp_path, monkeypatch, s3_bucket):
+    """A file from S3 or HTTP that is not the published network is refused and deleted, never cached;
+    a copy the user vouches for through DISTDIFF_INCEPTION_SHA1 is accepted."""
+    from distdiff.data.storage import write_bytes
+
+    monkeypatch.setenv(inception_weights.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.delenv(inception_weights.SHA1_ENV_VAR, raising=False)
+    payload = b"not the inception network"
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "weights.pt").write_bytes(payload)
+    base, server = _serve_once(tmp_path / "served")
+    s3_url = f"s3://{s3_bucket}/weights.pt"
+    write_bytes(s3_url, payload)
+    try:
+        for url in (s3_url, f"{base}/weights.pt"):
+            with pytest.raises(InceptionWeightsNotFound, match=f"not the expected {inception_weights.DOWNLOAD_SHA1}"):
+                resolve_inception_weights(url)
+        assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()], "a refused file was kept"
+        vouched = inception_weights.file_sha1(tmp_path / "served" / "weights.pt")
+        monkeypatch.setenv(inception_weights.SHA1_ENV_VAR, vouched)
+        for url in (s3_url, f"{base}/weights.pt"):
+            path = resolve_inception_weights(url)
+            assert path.read_bytes() == payload and str(tmp_path / "cache") in str(path)
+    finally:
+        server.shutdown()
+
+
 def test_preprocess_range_and_size():
     images = torch.tensor([0, 128, 255], dtype=torch.uint8).reshape(1, 1, 1, 3).expand(2, 1, 4, 3).contiguous()
     x = inception_preprocess(images)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from distdiff.data.embedded import load_embedded_mnist
 from distdiff.eval.checkpoint import CheckpointError, EvalCheckpoint
@@ -16,17 +15,12 @@ from distdiff.eval.classifier import MnistClassifier, save_classifier
 from distdiff.eval.evaluator import EvalSettings, evaluate_worker, preflight
 from distdiff.eval.reference import ArrayReference, ReferenceDataError, open_reference
 from distdiff.eval.stats import local_reduce_sum
-from distdiff.eval.toy import write_tiny_export
+from distdiff.testing.toy import write_tiny_export
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from distdiff.data.writer import ShardWriter, image_sample
 from distdiff.eval.classifier import MnistClassifier, save_classifier
 from distdiff.eval.evaluator import EvalSettings, evaluate_worker
 from distdiff.eval.stats import local_reduce_sum
-from distdiff.eval.toy import write_tiny_export
+from distdiff.testing.toy import write_tiny_export
 
 
 def _write_digit_shards(dest, n: int = 45, shard_size: int = 10):

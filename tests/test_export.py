@@ -11,12 +11,7 @@ from distdiff.models import build_model, load_weights, save_weights
 from distdiff.models.export import weight_paths
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(model: torch.nn.Module) -> torch.nn.Module:

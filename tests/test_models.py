@@ -40,13 +40,7 @@ from distdiff.nn import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and threads thrash on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize_zero_params(model: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:

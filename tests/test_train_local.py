@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from distdiff.cli import main
 from distdiff.config import RunConfig, load_config
-from distdiff.launchers.local import run_pipeline_local, train_ldm_local, train_vae_local
+from distdiff.launchers.local import run_pipeline, train_ldm, train_vae
 from distdiff.train.checkpoint import CheckpointError
 from distdiff.train.metrics import read_metrics
 
@@ -35,7 +35,7 @@ def finished_run(tmp_path_factory, quick_classifier_stem):
     cfg = smoke_config(tmp, *WITH_GAN, "evaluation.enabled=true",
                        "evaluation.num_samples=8", "evaluation.batch_size=4", "evaluation.pr_samples=6",
                        f"evaluation.classifier={quick_classifier_stem}")
-    summary = run_pipeline_local(cfg)
+    summary = run_pipeline(cfg)
     return cfg, tmp / cfg.name, summary
 
 
@@ -99,8 +99,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, finished_run
     cfg_full, run_full, _ = finished_run
     cfg = smoke_config(tmp_path, *WITH_GAN)
     shutil.copytree(run_full / "vae" / "export", tmp_path / cfg.name / "vae" / "export")
-    train_ldm_local(smoke_config(tmp_path, *WITH_GAN, "stage2.steps=3"))
-    train_ldm_local(cfg)
+    train_ldm(smoke_config(tmp_path, *WITH_GAN, "stage2.steps=3"))
+    train_ldm(cfg)
     run = tmp_path / cfg.name
     full, resumed = read_metrics(run_full / "ldm" / "metrics.jsonl"), read_metrics(run / "ldm" / "metrics.jsonl")
     loss_keys = [k for k in full[-1] if k.endswith("loss")]
@@ -115,25 +115,60 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, finished_run
 
 def test_nan_loss_stops_with_step_and_model_named_and_keeps_last_checkpoint(tmp_path):
     cfg = smoke_config(tmp_path, "stage1.steps=3")
-    train_vae_local(cfg)
+    train_vae(cfg)
     ckpts = tmp_path / cfg.name / "vae" / "checkpoints"
     before = sorted(p.name for p in ckpts.iterdir())
     # A NaN KL weight (YAML's .nan) makes the resumed run's first loss NaN.
     bad = smoke_config(tmp_path, "stage1.steps=6", "vae.kl_weight=.nan")
     with pytest.raises(Exception) as err:
-        train_vae_local(bad)
+        train_vae(bad)
     text = str(err.value)
     assert "vae loss is nan" in text and "step 3" in text and "step-00000003" in text
     assert sorted(p.name for p in ckpts.iterdir()) == before
 
 
-def test_corrupt_checkpoint_is_reported_not_loaded(tmp_path):
-    cfg = smoke_config(tmp_path, "stage1.steps=3")
-    train_vae_local(cfg)
-    weights = tmp_path / cfg.name / "vae" / "checkpoints" / "step-00000003" / "engines" / "vae" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="step-00000003 is corrupt"):
-        train_vae_local(smoke_config(tmp_path, "stage1.steps=6"))
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_damaged_newest_checkpoint_is_passed_over_for_the_older_one(tmp_path, capfd):
+    cfg = smoke_config(tmp_path, "stage1.steps=6")
+    train_vae(cfg)
+    ckpts = tmp_path / cfg.name / "vae" / "checkpoints"
+    assert json.loads((ckpts / "step-00000006" / "manifest" / "rank-00000.json").read_text())
+    _truncate(ckpts / "step-00000006" / "engines" / "vae" / "optimizer.pt")
+    capfd.readouterr()
+    assert train_vae(smoke_config(tmp_path, "stage1.steps=9"))["steps"] == 9
+    out, err = capfd.readouterr()
+    assert "step-00000006 is damaged: engines/vae/optimizer.pt has " in err and "bytes where" in err
+    assert "resumed from" in out and "step-00000003 at step 3" in out
+    # The retrained step 6 replaced the damaged folder.
+    assert not _damage_of(ckpts / "step-00000006")
+
+
+def _damage_of(directory: Path):
+    from distdiff.train.checkpoint import local_damage
+
+    return local_damage(directory)
+
+
+def test_no_whole_checkpoint_stops_with_status_3_and_names_each_damage(tmp_path, capsys):
+    cfg = smoke_config(tmp_path, "stage1.steps=6")
+    train_vae(cfg)
+    ckpts = tmp_path / cfg.name / "vae" / "checkpoints"
+    weights = ckpts / "step-00000006" / "engines" / "vae" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one flipped bit: the size still matches, the SHA-256 does not
+    weights.write_bytes(bytes(data))
+    _truncate(ckpts / "step-00000003" / "state.json")
+    with pytest.raises(CheckpointError, match="no loadable checkpoint"):
+        train_vae(smoke_config(tmp_path, "stage1.steps=9"))
+    assert main(["train-vae", "--local", "--config", str(SMOKE), f"output_dir={tmp_path}", "stage1.steps=9"]) == 3
+    err = capsys.readouterr().err
+    assert "step-00000006 (engines/vae/model.safetensors differs from the file that was written" in err
+    assert "step-00000003 (state.json has " in err
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000003", "step-00000006"]  # nothing deleted
 
 
 def test_cli_dry_run_and_clear_errors(tmp_path, capsys):
@@ -158,7 +193,7 @@ def test_cli_dry_run_and_clear_errors(tmp_path, capsys):
 
 def test_stage2_without_a_vae_says_how_to_get_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="run stage 1 first"):
-        train_ldm_local(smoke_config(tmp_path))
+        train_ldm(smoke_config(tmp_path))
 
 
 def test_sigterm_checkpoints_stops_with_status_75_and_the_rerun_resumes(tmp_path):

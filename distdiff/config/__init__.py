@@ -3,6 +3,7 @@
 from distdiff.config.loader import (
     ConfigError,
     apply_overrides,
+    deep_merge,
     dump_yaml,
     from_dict,
     load_config,
@@ -23,7 +24,7 @@ from distdiff.config.schema import (
 )
 
 __all__ = [
-    "ConfigError", "apply_overrides", "dump_yaml", "from_dict", "load_config", "load_yaml",
+    "ConfigError", "apply_overrides", "deep_merge", "dump_yaml", "from_dict", "load_config", "load_yaml",
     "parse_override", "to_dict", "DataConfig", "DDGANConfig", "DistributedConfig", "EvalConfig", "LDMConfig",
     "OptimConfig", "RunConfig", "StageConfig", "VAEConfig",
 ]

@@ -5,6 +5,7 @@ Kept free of any other distdiff import so that every layer can depend on it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -87,11 +88,14 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: '{key}' has an unsupported type {_type_name(tp)}")
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override` merged in recursively (override wins on conflicts)."""
+    merged = copy.deepcopy(base)
     for key, value in override.items():
-        both_maps = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _deep_merge(merged[key], value) if both_maps else value
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
     return merged
 
 
@@ -105,7 +109,7 @@ def _with_factory_defaults(field: dataclasses.Field, value: Any) -> Any:
     if not isinstance(value, dict) or factory is dataclasses.MISSING:
         return value
     default = factory()
-    return _deep_merge(to_dict(default), value) if dataclasses.is_dataclass(default) else value
+    return deep_merge(to_dict(default), value) if dataclasses.is_dataclass(default) else value
 
 
 def from_dict(cls: type[T], data: dict, source: str = "<dict>", prefix: str = "") -> T:

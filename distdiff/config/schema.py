@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+# The names of `distdiff.data.embedded.EMBEDDED_DATASETS` (the config layer imports no other package;
+# tests/test_config.py checks that the two agree).
+EMBEDDED_SOURCES = ("embedded-mnist", "embedded-stacked-mnist")
+
 Precision = Literal["fp32", "bf16"]
 
 
@@ -56,10 +60,10 @@ class DataConfig:
         return self.source.startswith("embedded-")
 
     def validate(self) -> None:
-        if self.source.startswith("embedded-") and self.source not in ("embedded-mnist", "embedded-stacked-mnist"):
+        if self.source.startswith("embedded-") and self.source not in EMBEDDED_SOURCES:
             raise ValueError(
                 f"data.source '{self.source}' is not an embedded dataset; "
-                "valid: embedded-mnist, embedded-stacked-mnist, a folder, or s3://bucket/prefix"
+                f"valid: {', '.join(EMBEDDED_SOURCES)}, a folder, or s3://bucket/prefix"
             )
 
 

@@ -22,7 +22,6 @@ _EXPORTS = {
     "ShardWriter": "distdiff.data.writer",
     "write_image_shards": "distdiff.data.writer",
     "encode_latent_shards": "distdiff.data.latents",
-    "VAEEncoder": "distdiff.data.latents",
     "PoolEncoder": "distdiff.data.latents",
 }
 

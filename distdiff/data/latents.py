@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -23,33 +22,6 @@ from distdiff.data.manifest import Manifest, ShardInfo, manifest_url, read_manif
 from distdiff.data.pipeline import decode_image
 from distdiff.data.tario import parse_tar
 from distdiff.data.writer import build_tar, latent_sample
-
-
-class VAEEncoder:
-    """Encodes with exported VAE weights (`save_weights` format), loaded lazily in the worker process.
-
-    Args:
-        weights: path of the exported VAE (with or without .safetensors / .json).
-        device: torch device to encode on.
-    """
-
-    def __init__(self, weights: str | Path, device: str = "cpu"):
-        self.weights, self.device, self._vae = str(weights), device, None
-
-    def __getstate__(self) -> dict:
-        return {"weights": self.weights, "device": self.device, "_vae": None}  # ship the path, not the model
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, C, H, W) in [-1, 1] -> (mean, logvar), each (B, c, h, w)."""
-        if self._vae is None:
-            from distdiff.models.export import load_weights
-
-            self._vae, _ = load_weights(self.weights, map_location=self.device)
-        return self._vae.encode(images.to(self.device))
-
-    def describe(self) -> dict:
-        return {"type": "vae", "weights": Path(self.weights).name}
 
 
 class PoolEncoder:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from distdiff.data import storage
+from distdiff.data.embedded import EMBEDDED_DATASETS
 from distdiff.data.errors import DataError
 from distdiff.data.manifest import MANIFEST_NAME, Manifest, read_manifest
 from distdiff.data.stream import ShardStream
 
-EMBEDDED = ("embedded-mnist", "embedded-stacked-mnist")
 
 
 def build_stream(source: str, batch_size: int, rank: int, world_size: int, seed: int, num_workers: int = 0, *,
@@ -33,14 +33,11 @@ def build_stream(source: str, batch_size: int, rank: int, world_size: int, seed:
     Returns:
         A `ShardStream` (or `ArrayStream` for embedded sources).
     """
-    if source in EMBEDDED:
-        from distdiff.data.embedded import load_embedded_mnist, make_stacked_mnist
+    if source in EMBEDDED_DATASETS:
         from distdiff.data.memory import ArrayStream
 
-        images, labels = load_embedded_mnist()
-        if source == "embedded-stacked-mnist":
-            images, labels = make_stacked_mnist(images, labels, stacked_size, seed)
-        return ArrayStream(images, labels, batch_size, rank, world_size, seed)
+        images, labels = EMBEDDED_DATASETS[source].load(stacked_size, seed)
+        return ArrayStream(images, labels, batch_size, rank, world_size, seed, hflip=hflip)
     manifest = read_manifest(source)
     return ShardStream(source, manifest, batch_size, rank, world_size, seed, num_workers, epochs=epochs,
                        max_bad_fraction=max_bad_fraction, hflip=hflip, verify_checksums=verify_checksums,
@@ -60,7 +57,7 @@ def preflight(source: str, world_size: int, num_workers: int, batch_size: int | 
     Raises:
         DataError: naming the source, shard or setting at fault.
     """
-    if source in EMBEDDED:
+    if source in EMBEDDED_DATASETS:
         from distdiff.data.embedded import embedded_mnist_path
 
         try:
@@ -69,7 +66,7 @@ def preflight(source: str, world_size: int, num_workers: int, batch_size: int | 
             raise DataError(str(err)) from err
         return None
     if source.startswith("embedded-"):
-        raise DataError(f"unknown embedded dataset {source!r}; known: {', '.join(EMBEDDED)}")
+        raise DataError(f"unknown embedded dataset {source!r}; known: {', '.join(EMBEDDED_DATASETS)}")
     manifest = read_manifest(source)
     sizes = storage.list_sizes(source)
     wrong = [f"{s.name} ({'missing' if s.name not in sizes else f'{sizes[s.name]} bytes, manifest {s.bytes}'})"

@@ -27,6 +27,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from webdataset.gopen import gopen, gopen_schemes
 
 from distdiff.data.errors import DataError, ObjectNotFound
+from distdiff.data.urls import is_s3, join, split_s3  # noqa: F401 - this module's URL vocabulary
 
 # Errors after which a read is worth retrying: the connection, not the request, failed.
 RETRYABLE = (
@@ -58,23 +59,15 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-def is_s3(url: str) -> bool:
-    return url.startswith("s3://")
+# The AWS settings distdiff reads: where the store is (passed on to Ray workers) and who may use it
+# (never passed on: every process resolves credentials through the SDK's chain itself).
+AWS_LOCATION = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+AWS_IDENTITY = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 
-def split_s3(url: str) -> tuple[str, str]:
-    """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
-    if not is_s3(url):
-        raise DataError(f"not an s3:// URL: {url}")
-    bucket, _, key = url[len("s3://") :].partition("/")
-    if not bucket:
-        raise DataError(f"no bucket in URL {url}")
-    return bucket, key
-
-
-def join(root: str, name: str) -> str:
-    """Join a folder or s3://bucket/prefix with a file name."""
-    return root.rstrip("/") + "/" + name if is_s3(root) else str(Path(root) / name)
+def endpoint_url() -> str | None:
+    """The S3 endpoint of the environment (`AWS_ENDPOINT_URL_S3` wins over `AWS_ENDPOINT_URL`), or None."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 _sessions: dict = {}
@@ -93,8 +86,7 @@ os.register_at_fork(after_in_child=_reset_lock_in_child)
 def _chain_fingerprint() -> str:
     # A new session whenever the environment part of the AWS chain changes (tests switch keys);
     # botocore sessions cache the credentials they resolved.
-    names = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-             "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION")
+    names = (*AWS_LOCATION, *AWS_IDENTITY)
     return hashlib.sha256("\0".join(os.environ.get(n, "") for n in names).encode()).hexdigest()
 
 
@@ -124,7 +116,7 @@ def describe_client_error(err: Exception, url: str) -> DataError:
     """Turn a botocore error into a DataError that names the URL and says what to check."""
     if isinstance(err, bce.NoCredentialsError):
         return DataError(f"no AWS credentials found for {url}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                         "or AWS_PROFILE (endpoint from AWS_ENDPOINT_URL)")
+                         "or AWS_PROFILE (endpoint from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)")
     if isinstance(err, bce.ClientError):
         code = err.response.get("Error", {}).get("Code", "?")
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -137,7 +129,7 @@ def describe_client_error(err: Exception, url: str) -> DataError:
             return ObjectNotFound(f"object not found: {url}")
         return DataError(f"S3 error {code} (HTTP {status}) for {url}")
     if isinstance(err, RETRYABLE):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
+        endpoint = endpoint_url() or "the default AWS endpoint"
         return DataError(f"cannot reach the object store for {url} ({endpoint}): {err}")
     return DataError(f"{type(err).__name__} for {url}: {err}")
 

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from distdiff.diffusion.ddpm import posterior_mean_variance
 from distdiff.diffusion.rng import GeneratorLike, randn
 from distdiff.diffusion.schedules import Schedule, extract
 
@@ -64,14 +65,12 @@ def ddgan_posterior_sample(
     Returns:
         x_t, (B, C, H, W).
     """
-    mean = (
-        extract(schedule.posterior_mean_coef1, t, x_tp1) * x0_pred
-        + extract(schedule.posterior_mean_coef2, t, x_tp1) * x_tp1
-    )
+    # DDGAN's x_tp1 plays DDPM's x_t: the same Gaussian posterior over the same schedule tables.
+    mean, variance, _ = posterior_mean_variance(schedule, x0_pred, x_tp1, t)
     if noise is None:
         return mean
     nonzero = (t != 0).to(x_tp1.dtype).reshape(-1, *([1] * (x_tp1.ndim - 1)))  # (B, 1, 1, 1)
-    return mean + nonzero * extract(schedule.posterior_variance.sqrt(), t, x_tp1) * noise
+    return mean + nonzero * variance.sqrt() * noise
 
 
 @torch.no_grad()

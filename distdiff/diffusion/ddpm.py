@@ -16,9 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from distdiff.diffusion.rng import GeneratorLike, randint, randn
+from distdiff.diffusion.rng import GeneratorLike, randn
 from distdiff.diffusion.schedules import Schedule, extract
-from distdiff.losses.diffusion import eps_mse_loss
 
 Model = Callable[..., torch.Tensor]
 Device = Optional[Union[str, torch.device]]
@@ -95,38 +94,6 @@ def posterior_mean_variance(
     var = extract(schedule.posterior_variance, t, x_t)
     log_var = extract(schedule.posterior_log_variance_clipped, t, x_t)
     return mean, var, log_var
-
-
-def ddpm_loss(
-    model: Model,
-    schedule: Schedule,
-    x0: torch.Tensor,
-    t: Optional[torch.Tensor] = None,
-    noise: Optional[torch.Tensor] = None,
-    generator: GeneratorLike = None,
-    model_kwargs: Optional[Dict] = None,
-) -> torch.Tensor:
-    """Algorithm 1 of Ho et al.: || eps - model(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2.
-
-    Args:
-        model: eps-prediction network ``model(x_t, t, **model_kwargs)``.
-        schedule: the diffusion schedule.
-        x0: (B, C, H, W) clean data (pixels or VAE latents).
-        t: int64 (B,) steps; drawn uniformly from [0, T) with ``generator`` when None.
-        noise: (B, C, H, W) eps; drawn from N(0, I) with ``generator`` (after t) when None.
-        generator: None, a ``torch.Generator`` or one generator per sample.
-        model_kwargs: extra keyword arguments for the model (e.g. ``{"y": labels}``).
-
-    Returns:
-        Scalar MSE, averaged over all elements.
-    """
-    if t is None:
-        t = randint(schedule.num_steps, x0.shape[0], generator, device=x0.device)
-    if noise is None:
-        noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-    x_t = q_sample(schedule, x0, t, noise)
-    eps_pred = model(x_t, t, **(model_kwargs or {}))
-    return eps_mse_loss(eps_pred, noise)
 
 
 def _nonzero_mask(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from distdiff.data.urls import is_s3, join
 from distdiff.tasks import LatentSource, ModelSpec, Stage2Sampler, Stage2Spec, select_samplers
 
 EXPORT_FILE = "export.json"
@@ -29,16 +30,8 @@ class CheckpointError(ValueError):
     """The checkpoint is missing, partial, or not what the evaluation asks for."""
 
 
-def _is_s3(path: str) -> bool:
-    return str(path).startswith("s3://")
-
-
-def _join(root: str, name: str) -> str:
-    return root.rstrip("/") + "/" + name if _is_s3(root) else str(Path(root) / name)
-
-
 def _exists(url: str) -> bool:
-    if _is_s3(url):
+    if is_s3(url):
         from distdiff.data import storage
 
         return storage.exists(url)
@@ -48,12 +41,12 @@ def _exists(url: str) -> bool:
 def _resolve_root(path: str) -> str:
     """Accept the export folder itself, or a run folder that contains `ldm/export` or `export`."""
     for sub in ("", "ldm/export", "export"):
-        candidate = _join(path, sub) if sub else path
-        if _exists(_join(candidate, EXPORT_FILE)):
+        candidate = join(path, sub) if sub else path
+        if _exists(join(candidate, EXPORT_FILE)):
             return candidate
-    if not _is_s3(path) and not Path(path).exists():
+    if not is_s3(path) and not Path(path).exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if _exists(_join(path, "vae.json")) or _exists(_join(path, "vae/export/vae.json")):
+    if _exists(join(path, "vae.json")) or _exists(join(path, "vae/export/vae.json")):
         raise CheckpointError(
             f"{path} holds only a VAE (a stage-1 export); evaluate the stage-2 export folder "
             f"(<run>/ldm/export, with {EXPORT_FILE}) instead")
@@ -68,14 +61,14 @@ def _local_copy(root: str, names: list[str], local: Path | None) -> Path:
     S3 exports are copied afresh for every evaluation (into a private temporary folder): a
     re-export under the same prefix has same-sized weights, so a size-checked cache could go stale.
     """
-    if not _is_s3(root):
+    if not is_s3(root):
         return Path(root)
     from distdiff.data import storage
 
     for name in names:
         target = local / name
         if not target.is_file():
-            target.write_bytes(storage.read_bytes(_join(root, name)))
+            target.write_bytes(storage.read_bytes(join(root, name)))
     return local
 
 
@@ -90,7 +83,7 @@ class EvalCheckpoint:
     def __init__(self, path: str, samplers: str | Sequence[str] = ("all",)):
         self.root = _resolve_root(str(path))
         self._tmp = None
-        if _is_s3(self.root):
+        if is_s3(self.root):
             self._tmp = Path(tempfile.mkdtemp(prefix="distdiff-export-"))
             weakref.finalize(self, shutil.rmtree, self._tmp, True)  # removed with this object
         meta_dir = _local_copy(self.root, [EXPORT_FILE], self._tmp)
@@ -104,13 +97,13 @@ class EvalCheckpoint:
         needed = [n + ext for n in self.weights.values() for ext in (".safetensors", ".json")]
         if self.spec.space == "latent":
             needed += [f"{self.spec.vae}.safetensors", f"{self.spec.vae}.json"]
-        missing = [n for n in needed if not _exists(_join(self.root, n))]
+        missing = [n for n in needed if not _exists(join(self.root, n))]
         if missing:
             raise CheckpointError(f"partial checkpoint {self.root}: missing {', '.join(missing)}")
         self.local_dir = _local_copy(self.root, needed, self._tmp)
 
     def _read_spec(self, path: Path) -> Stage2Spec:
-        where = _join(self.root, EXPORT_FILE)
+        where = join(self.root, EXPORT_FILE)
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -139,15 +132,15 @@ class EvalCheckpoint:
         try:
             found = json.loads(json_path.read_text()).get("model_config", {}).get("family")
         except (OSError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"cannot read {_join(self.root, name + '.json')}: {err}") from err
+            raise CheckpointError(f"cannot read {join(self.root, name + '.json')}: {err}") from err
         if found != family:
             raise CheckpointError(
-                f"{_join(self.root, name + '.json')} holds a {found!r} model, expected a {family!r}: "
+                f"{join(self.root, name + '.json')} holds a {found!r} model, expected a {family!r}: "
                 "a checkpoint of another model family")
         try:
             model, _ = load_weights(self.local_dir / name, map_location=device)
         except (FileNotFoundError, ValueError) as err:
-            raise CheckpointError(f"cannot load {_join(self.root, name)}: {err}") from err
+            raise CheckpointError(f"cannot load {join(self.root, name)}: {err}") from err
         return model.eval().requires_grad_(False)
 
     def load_vae(self, device: str | torch.device = "cpu") -> torch.nn.Module | None:

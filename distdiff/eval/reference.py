@@ -18,8 +18,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-EMBEDDED_MNIST = "embedded-mnist"
-EMBEDDED_STACKED = "embedded-stacked-mnist"
 DEFAULT_STACKED_NUM, DEFAULT_STACKED_SEED = 20000, 0
 
 
@@ -136,19 +134,18 @@ class ShardReference:
 
 
 def _embedded(spec: str) -> ArrayReference:
-    from distdiff.data.embedded import load_embedded_mnist, make_stacked_mnist
+    from distdiff.data.embedded import EMBEDDED_DATASETS
 
-    images, labels = load_embedded_mnist()
-    if spec == EMBEDDED_MNIST:
-        return ArrayReference(images, spec)
-    parts = spec.split(":")
+    name, *parts = spec.split(":")
+    dataset = EMBEDDED_DATASETS[name]
+    if dataset.fixed_size is not None:
+        return ArrayReference(dataset.load(0, 0)[0], spec)
     try:
-        num = int(parts[1]) if len(parts) > 1 else DEFAULT_STACKED_NUM
-        seed = int(parts[2]) if len(parts) > 2 else DEFAULT_STACKED_SEED
+        num = int(parts[0]) if parts else DEFAULT_STACKED_NUM
+        seed = int(parts[1]) if len(parts) > 1 else DEFAULT_STACKED_SEED
     except ValueError as err:
-        raise ReferenceDataError(f"bad embedded reference {spec!r}; form: {EMBEDDED_STACKED}[:NUM[:SEED]]") from err
-    stacked, _ = make_stacked_mnist(images, labels, num, seed)
-    return ArrayReference(stacked, f"{EMBEDDED_STACKED}:{num}:{seed}")
+        raise ReferenceDataError(f"bad embedded reference {spec!r}; form: {name}[:NUM[:SEED]]") from err
+    return ArrayReference(dataset.load(num, seed)[0], f"{name}:{num}:{seed}")
 
 
 def open_reference(spec: str):
@@ -160,9 +157,12 @@ def open_reference(spec: str):
     Returns:
         an `ArrayReference` or `ShardReference`.
     """
-    if spec == EMBEDDED_MNIST or spec.split(":")[0] == EMBEDDED_STACKED:
+    from distdiff.data.embedded import EMBEDDED_DATASETS
+
+    if spec in EMBEDDED_DATASETS or spec.split(":")[0] in EMBEDDED_DATASETS:
         return _embedded(spec)
     if spec.startswith("embedded-"):
         raise ReferenceDataError(
-            f"unknown embedded reference {spec!r}; known: {EMBEDDED_MNIST}, {EMBEDDED_STACKED}[:NUM[:SEED]]")
+            f"unknown embedded reference {spec!r}; known: {', '.join(EMBEDDED_DATASETS)} (drawn ones take "
+            ":NUM[:SEED])")
     return ShardReference(spec)

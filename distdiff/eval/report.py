@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from distdiff.data.urls import is_s3, join
 from distdiff.images import comparison_png_bytes, grid_png_bytes
 
 
@@ -65,12 +66,8 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _join(root: str, name: str) -> str:
-    return root.rstrip("/") + "/" + name if root.startswith("s3://") else str(Path(root) / name)
-
-
 def _write(url: str, data: bytes) -> None:
-    if url.startswith("s3://"):
+    if is_s3(url):
         from distdiff.data import storage
 
         storage.write_bytes(url, data)
@@ -94,18 +91,18 @@ def write_outputs(results: dict, grids: dict[str, torch.Tensor], out: str) -> li
     written = []
     for key, images in grids.items():
         if len(images):
-            url = _join(out, f"samples_{key}.png")
+            url = join(out, f"samples_{key}.png")
             _write(url, grid_png_bytes(images))
             written.append(url)
     labels = {row["key"]: row["label"] for row in results["models"]}
     panels = {labels.get(key, key): images[:32] for key, images in grids.items() if len(images)}
     if panels:
-        url = _join(out, "comparison.png")
+        url = join(out, "comparison.png")
         _write(url, comparison_png_bytes(panels))
         written.append(url)
     for name, data in (("eval.md", results_markdown(results).encode()),
                        ("eval.json", json.dumps(results, indent=1, sort_keys=True).encode())):
-        url = _join(out, name)
+        url = join(out, name)
         _write(url, data)
         written.append(url)
     return written

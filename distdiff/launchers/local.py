@@ -42,7 +42,7 @@ def _train_stage(ctx: LocalContext, plan) -> dict:
     return final
 
 
-def train_vae_local(cfg: RunConfig) -> dict:
+def train_vae(cfg: RunConfig) -> dict:
     """Stage 1 in this process; exports the VAE with its latent scale factor."""
     device = resolve_device(cfg.device)
     ctx = LocalContext(run_dir(cfg) / "vae", device, cfg.stage1.keep_checkpoints)
@@ -51,10 +51,11 @@ def train_vae_local(cfg: RunConfig) -> dict:
     if final["preempted"]:
         return final  # a half-trained stage is never exported
     final["export"] = str(export_vae(cfg, plan, device))
+    print(f"[vae] checkpoints in {ctx.checkpoint_root}, export {final['export']}", flush=True)
     return final
 
 
-def train_ldm_local(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
+def train_ldm(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
     """Stage 2 in this process; exports the networks and times the samplers."""
     device = resolve_device(cfg.device)
     ctx = LocalContext(run_dir(cfg) / "ldm", device, cfg.stage2.keep_checkpoints)
@@ -63,17 +64,18 @@ def train_ldm_local(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
     if final["preempted"]:
         return final  # a half-trained stage is never exported
     final["export"] = str(export_stage2(cfg, plan, sampler))
+    print(f"[ldm] checkpoints in {ctx.checkpoint_root}, export {final['export']}", flush=True)
     final["sampling"] = time_samplers(sampler, sampler_timing_images, plan.stage_dir / "samples")
     return final
 
 
-def run_pipeline_local(cfg: RunConfig) -> dict:
+def run_pipeline(cfg: RunConfig) -> dict:
     """VAE, then the stage-2 members, then (if configured) the evaluation, then summary.json."""
     directory = prepare_run_dir(cfg)
-    vae = train_vae_local(cfg)
+    vae = train_vae(cfg)
     if vae["preempted"]:
         return {"stages": {"vae": vae}, "preempted": True}
-    ldm = train_ldm_local(cfg)
+    ldm = train_ldm(cfg)
     if ldm["preempted"]:
         return {"stages": {"vae": vae, "ldm": ldm}, "preempted": True}
     sampling = ldm.pop("sampling")

@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import signal
+import sys
 import tempfile
 import threading
 import uuid
@@ -24,8 +25,9 @@ from pathlib import Path
 
 from distdiff.config import RunConfig, dump_yaml, from_dict, to_dict
 from distdiff.train import preemption
+from distdiff.train.failures import HOPELESS_ERRORS, HOPELESS_RECORD, failure_from_record, hopeless_record
 from distdiff.train.stages import run_dir, vae_export_path
-from distdiff.train.storage import Storage, StorageError, aws_settings
+from distdiff.train.storage import Storage, StorageError
 
 STAGE_OUTPUTS = ("metrics.jsonl", "events.jsonl", "tensorboard", "samples", "export")  # mirrored to remote storage
 FINAL_METRICS = "final.json"  # rank 0's final metrics of a stage, read back by the driver
@@ -83,51 +85,25 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
     return directory
 
 
-def _connect(cfg: RunConfig) -> None:
-    """Join the cluster named by RAY_ADDRESS, else start a local one sized for the run."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    needed = cfg.distributed.num_workers * cfg.distributed.cpus_per_worker
-    # The dashboard stays on: Ray Train's controller watchdog queries actor state through it.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed))
-
-
-def _worker_env() -> dict:
-    """Runtime environment of the workers: the S3 endpoint and region (never credentials: see
-    `aws_settings`) and, if needed, where distdiff lives."""
-    import ray
-
-    env = aws_settings()
-    package_parent = str(Path(__file__).resolve().parents[2])
-    job_env = ray.get_runtime_context().runtime_env or {}
-    installed = "site-packages" in package_parent or "dist-packages" in package_parent
-    if not installed and not job_env.get("working_dir"):
-        # A source checkout run in place: point the workers at it (same machine or shared disk).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
-    return {"env_vars": env}
-
-
 def _prepare_elastic_resume(checkpoints: Storage, cfg: RunConfig) -> None:
     """Convert the newest complete checkpoint to universal form when this run's layout differs.
 
     Only the small per-engine `deepspeed.json` files are read unless a conversion is needed, so an
     ordinary resubmission costs a few requests.
     """
+    from distdiff.train.checkpoint import newest_intact
     from distdiff.train.deepspeed_engines import ENGINE_META
     from distdiff.train.universal import UNIVERSAL_MARKER, convert_checkpoint, engine_dirs, universal_engines
 
-    name = checkpoints.latest_complete()
+    complete = [name for _, name, done in checkpoints.step_dirs() if done]
+    # The workers will pass over a damaged checkpoint (checking sizes and hashes); skip the same here.
+    name = newest_intact(reversed(complete), checkpoints.checkpoint_damage, checkpoints.uri,
+                         lambda message: print(f"warning: {message}", file=sys.stderr, flush=True))
     if name is None or checkpoints.exists(name, UNIVERSAL_MARKER):
         return
     engines = checkpoints.child(name, "engines")
     metas = {e: json.loads(engines.read_text(e, ENGINE_META)) for e in engines.list_dirs()}
-    if not universal_engines(metas, cfg.distributed.num_workers, cfg.distributed.zero_stage, cfg.precision == "bf16"):
+    if not universal_engines(metas, cfg.distributed.num_workers, cfg.distributed, cfg.precision == "bf16"):
         return
     print(f"converting {checkpoints.uri}/{name} to a universal checkpoint for "
           f"{cfg.distributed.num_workers} worker(s)", flush=True)
@@ -182,9 +158,12 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from distdiff.launchers.ray_cluster import connect, worker_env
+
     cfg = _absolute(cfg)
     storage = preflight(cfg)
-    _connect(cfg)
+    needed = cfg.distributed.num_workers * cfg.distributed.cpus_per_worker
+    connect(num_cpus_local=max(os.cpu_count() or 1, needed), dashboard=True)
     checkpoints = storage.child(cfg.name, stage, "checkpoints")
     _prepare_elastic_resume(checkpoints, cfg)
     outputs = storage.child(cfg.name, stage)
@@ -206,15 +185,24 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
             failure_config=FailureConfig(max_failures=dist.max_failures),
             # Pruning is ours (after the COMPLETE marker), so Ray never deletes a folder itself.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
-            worker_runtime_env=_worker_env(),
+            worker_runtime_env={"env_vars": worker_env()},
         ),
     )
+    if outputs.exists(HOPELESS_RECORD):  # from an earlier submission of this run
+        outputs.fs.delete_file(outputs.path(HOPELESS_RECORD))
     with _SignalForwarder(run_id):
-        trainer.fit()
+        try:
+            trainer.fit()
+        except Exception:
+            _raise_if_hopeless(outputs, run_id)  # with max_failures 0 Ray raises the worker's error itself
+            raise
+    _raise_if_hopeless(outputs, run_id)
     # Rank 0 leaves the final metrics in storage (Ray's Result carries the latest checkpoint's metrics).
     final = json.loads(outputs.read_text(FINAL_METRICS))
     if final.get("preempted"):
         print(preemption.stopped_early_message(stage, final.get("steps")), flush=True)
+    else:
+        print(f"[{stage}] checkpoints in {checkpoints.uri}, export {final.get('export')}", flush=True)
     return final
 
 
@@ -315,7 +303,38 @@ def _export(cfg: RunConfig, stage: str, plan, sampler, ctx, time_samplers: bool)
 
 
 def _train_worker(config: dict) -> None:
-    """The Ray Train worker function: resume, train, export, leave the final metrics in storage."""
+    """The Ray Train worker function; a failure no retry can fix is recorded for the driver."""
+    import ray.train
+
+    cfg = from_dict(RunConfig, config["cfg"])
+    stage, storage = config["stage"], config["storage"]
+    outputs = storage.child(cfg.name, stage)
+    if _hopeless_failure(outputs, config["run_id"]) is not None:
+        return  # Ray's retry after a failure no retry can fix: end it at once (the driver reports it)
+    try:
+        _train_stage(cfg, stage, storage, config)
+    except HOPELESS_ERRORS as err:
+        outputs.write_text(json.dumps(hopeless_record(err, config["run_id"], ray.train.get_context().get_world_rank(),
+                                                      stage)), HOPELESS_RECORD)
+        raise
+
+
+def _hopeless_failure(outputs: Storage, run_id: str) -> dict | None:
+    """The record a worker of this fit left on a failure no retry can fix, or None."""
+    if not outputs.exists(HOPELESS_RECORD):
+        return None
+    record = json.loads(outputs.read_text(HOPELESS_RECORD))
+    return record if record.get("run_id") == run_id else None
+
+
+def _raise_if_hopeless(outputs: Storage, run_id: str) -> None:
+    record = _hopeless_failure(outputs, run_id)
+    if record is not None:
+        raise failure_from_record(record)
+
+
+def _train_stage(cfg: RunConfig, stage: str, storage: Storage, config: dict) -> None:
+    """One worker's part of a stage: resume, train, export, leave the final metrics in storage."""
     import ray.train
     import torch
 
@@ -325,8 +344,6 @@ def _train_worker(config: dict) -> None:
     from distdiff.train.ray_context import RayContext
     from distdiff.train.universal import engines_needing_universal, has_universal
 
-    cfg = from_dict(RunConfig, config["cfg"])
-    stage, storage = config["stage"], config["storage"]
     torch.set_num_threads(cfg.distributed.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.distributed.use_gpu else torch.device("cpu")
     stage_cfg = cfg.stage1 if stage == "vae" else cfg.stage2
@@ -336,7 +353,7 @@ def _train_worker(config: dict) -> None:
     resume = ctx.resolve_resume()
     universal = frozenset()
     if resume is not None:
-        universal = engines_needing_universal(resume, ctx.world_size, cfg.distributed.zero_stage,
+        universal = engines_needing_universal(resume, ctx.world_size, cfg.distributed,
                                               cfg.precision == "bf16")
         if universal and not has_universal(resume):
             raise CheckpointError(f"{resume.name} needs a universal conversion for {ctx.world_size} workers; "

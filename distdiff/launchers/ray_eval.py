@@ -12,37 +12,16 @@ job: its error is raised and the other actors (blocked in a collective) are kill
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import ray
 
-import distdiff
 from distdiff.eval.evaluator import EvalSettings, evaluate_worker, preflight
-from distdiff.train.storage import AWS_SETTINGS
+from distdiff.launchers.ray_cluster import connect, worker_env
 
-# What a worker on another node needs to find the same buckets and caches; credentials are not among
-# them (a runtime_env is visible to anyone with access to the cluster): workers use their own.
-PASSED_VARIABLES = (*AWS_SETTINGS, "DISTDIFF_CACHE", "DISTDIFF_INCEPTION_WEIGHTS")
 GLOO_TIMEOUT = timedelta(minutes=60)
-
-
-def worker_env() -> dict:
-    """Environment for the actors: the variables above that are set, and where distdiff lives.
-
-    Call after connecting: a job submitted with a working_dir already ships distdiff.
-    """
-    env = {name: os.environ[name] for name in PASSED_VARIABLES if name in os.environ}
-    package_parent = str(Path(distdiff.__file__).resolve().parents[1])
-    installed = "site-packages" in package_parent or "dist-packages" in package_parent
-    job_env = ray.get_runtime_context().runtime_env or {}
-    if not installed and not job_env.get("working_dir"):
-        # A source checkout run in place (same machine or shared disk).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
-    return env
 
 
 class EvalWorker:
@@ -73,23 +52,6 @@ class EvalWorker:
             return evaluate_worker(self.rank, self.world_size, torch_distributed_reduce_sum, settings)
         finally:
             dist.destroy_process_group()
-
-
-def _connect(address: str | None, num_cpus_local: int | None) -> bool:
-    """Connect to a cluster or start a local one; returns whether this call started Ray.
-
-    No runtime_env is passed here: inside `ray job submit` it would replace the job's own
-    (working_dir included). The actors get their environment variables instead.
-    """
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # "local": always a new instance, never a cluster some other process started on this machine.
-        ray.init(address="local", num_cpus=num_cpus_local, include_dashboard=False, log_to_driver=True)
-    return True
 
 
 def _wait_all(refs: list, actors: list) -> list:
@@ -123,7 +85,7 @@ def run_eval_ray(settings: EvalSettings, num_workers: int = 1, address: str | No
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    started = _connect(address, num_cpus_local)
+    started = connect(address, num_cpus_local)
     actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
                            runtime_env={"env_vars": worker_env()})(EvalWorker)
     actors = [actor_cls.remote(rank, num_workers) for rank in range(num_workers)]

@@ -7,6 +7,7 @@ from distdiff.models.registry import (
     build_model,
     ddgan_num_timesteps,
     model_from_config,
+    preset_downsampling,
     preset_kwargs,
     preset_names,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "load_weights",
     "minibatch_stddev",
     "model_from_config",
+    "preset_downsampling",
     "preset_kwargs",
     "preset_names",
     "save_weights",

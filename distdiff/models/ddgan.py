@@ -129,10 +129,15 @@ class DDGANGenerator(nn.Module):
         self.norm_out = nn.GroupNorm(ncsnpp_groups(ch), ch, eps=1e-6)
         self.conv_out = conv3x3(ch, in_channels, scale=0.0)
 
+    @staticmethod
+    def downsampling(channel_mult: Sequence[int]) -> int:
+        """The factor by which a network of these widths downsamples (one halving per later level)."""
+        return 2 ** (len(channel_mult) - 1)
+
     @property
     def total_downsampling(self) -> int:
         """H and W must be divisible by this factor."""
-        return 2 ** (len(self.channel_mult) - 1)
+        return self.downsampling(self.channel_mult)
 
     def forward(self, x_tp1: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Predict x0.
@@ -255,10 +260,15 @@ class DDGANDiscriminator(nn.Module):
                                 mode=DENSE_FAN_MODE)
         self.linear_out = dense(widths[-1], 1, mode=DENSE_FAN_MODE)
 
+    @staticmethod
+    def downsampling(channel_mult: Sequence[int]) -> int:
+        """The factor by which a network of these widths downsamples (one halving per later level)."""
+        return 2 ** (len(channel_mult) - 1)
+
     @property
     def total_downsampling(self) -> int:
         """H and W must be divisible by this factor."""
-        return 2 ** (len(self.channel_mult) - 1)
+        return self.downsampling(self.channel_mult)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_tp1: torch.Tensor) -> torch.Tensor:
         """Score the pair (x_t, x_{t+1}) at step t.

@@ -181,6 +181,12 @@ def preset_kwargs(family: str, name: str) -> dict[str, Any]:
     return copy.deepcopy(entry)
 
 
+def preset_downsampling(family: str, name: str) -> int:
+    """The factor by which preset ``name`` of ``family`` downsamples (H and W must divide by it), by the
+    network class's own rule, without building the network."""
+    return _CLASSES[family].downsampling(preset_kwargs(family, name)["channel_mult"])
+
+
 def ddgan_num_timesteps(name: str) -> int:
     """Number of denoising steps T of DDGAN preset ``name``."""
     return int(_lookup("ddgan_generator", name)["num_timesteps"])

@@ -150,10 +150,15 @@ class UNet(nn.Module):
             attention_levels, dropout, num_heads, emb_dim, head_channels,
         )
 
+    @staticmethod
+    def downsampling(channel_mult: Sequence[int]) -> int:
+        """The factor by which a network of these widths downsamples (one halving per later level)."""
+        return 2 ** (len(channel_mult) - 1)
+
     @property
     def total_downsampling(self) -> int:
         """Factor by which the input is downsampled at the lowest level; H and W must divide by it."""
-        return 2 ** (len(self.channel_mult) - 1)
+        return self.downsampling(self.channel_mult)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise.

@@ -104,10 +104,15 @@ class KLVAE(nn.Module):
         # 1 / std of the latents, measured after training; latent diffusion works on z * scale_factor.
         self.register_buffer("scale_factor", torch.tensor(1.0, dtype=torch.float32), persistent=True)
 
+    @staticmethod
+    def downsampling(channel_mult: Sequence[int]) -> int:
+        """The factor by which a network of these widths downsamples (one halving per later level)."""
+        return 2 ** (len(channel_mult) - 1)
+
     @property
     def downsample_factor(self) -> int:
         """Spatial downsampling factor f between image and latent."""
-        return 2 ** (len(self.channel_mult) - 1)
+        return self.downsampling(self.channel_mult)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters of x (B, in_channels, H, W) in [-1, 1].

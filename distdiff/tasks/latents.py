@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from distdiff.diffusion import randn
+from distdiff.models.export import load_weights
 
 
 class LatentSource:
@@ -43,3 +46,29 @@ class LatentSource:
         if self.vae is None:
             return z.clamp(-1, 1)
         return self.vae.decode(z / self.scale).clamp(-1, 1)
+
+
+class VAEEncoder:
+    """The encoder of `make_shards latents` (`distdiff.data.encode_latent_shards`): exported VAE weights
+    (`save_weights` format), loaded lazily in the process that encodes.
+
+    Args:
+        weights: path of the exported VAE (with or without .safetensors / .json).
+        device: torch device to encode on.
+    """
+
+    def __init__(self, weights: str | Path, device: str = "cpu"):
+        self.weights, self.device, self._vae = str(weights), device, None
+
+    def __getstate__(self) -> dict:
+        return {"weights": self.weights, "device": self.device, "_vae": None}  # ship the path, not the model
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, C, H, W) in [-1, 1] -> (mean, logvar), each (B, c, h, w)."""
+        if self._vae is None:
+            self._vae, _ = load_weights(self.weights, map_location=self.device)
+        return self._vae.encode(images.to(self.device))
+
+    def describe(self) -> dict:
+        return {"type": "vae", "weights": Path(self.weights).name}

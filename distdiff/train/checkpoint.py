@@ -2,8 +2,10 @@
 
 A checkpoint is a folder; it counts only once its `COMPLETE` marker exists, which the context
 writes last (after every rank has written its part), so a crash mid-write never leaves a folder
-that looks loadable. Weights are safetensors, everything else plain JSON or tensors loaded with
-`weights_only=True`.
+that looks loadable. Each rank also lists the size and SHA-256 of every file it wrote
+(`manifest/rank-XXXXX.json`), so that a resume can tell a whole checkpoint from one damaged later
+(a truncated upload, a disk error) and fall back to the next older one. Weights are safetensors,
+everything else plain JSON or tensors loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
 COMPLETE_MARKER = "COMPLETE"
+MANIFEST_DIR = "manifest"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -86,8 +90,13 @@ def write_checkpoint(directory: Path, engines, emas: dict, state: TrainState, ge
         engine.save(directory / "engines" / name)
     (directory / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(generator), directory / "rng" / f"rank-{rank:05d}.pt")
-    if rank != 0:
-        return
+    if rank == 0:
+        _write_rank0_part(directory, emas, state, config_yaml)
+    write_manifest(directory, rank)
+
+
+def _write_rank0_part(directory: Path, emas: dict, state: TrainState, config_yaml: str | None) -> None:
+    """The EMA weights, counters and config, which only rank 0 writes."""
     (directory / "ema").mkdir(exist_ok=True)
     for name, ema in emas.items():
         save_file(ema.state_dict(), str(directory / "ema" / f"{name}.safetensors"))
@@ -101,6 +110,90 @@ def write_checkpoint(directory: Path, engines, emas: dict, state: TrainState, ge
     (directory / "state.json").write_text(json.dumps(meta, indent=1))
     if config_yaml is not None:
         (directory / "config.yaml").write_text(config_yaml)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, rank: int) -> None:
+    """List the size and SHA-256 of every file this rank wrote into `directory` (call it last).
+
+    On Ray each rank's staging folder holds only its own files, so the manifests of all ranks
+    together cover the checkpoint once the files are gathered in storage.
+    """
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relative = path.relative_to(directory)
+        if relative.parts[0] != MANIFEST_DIR:
+            files[relative.as_posix()] = [path.stat().st_size, _sha256(path)]
+    (directory / MANIFEST_DIR).mkdir(exist_ok=True)
+    lines = [f"{json.dumps(name)}: {json.dumps(entry)}" for name, entry in files.items()]  # one file a line
+    (directory / MANIFEST_DIR / f"rank-{rank:05d}.json").write_text("{\n" + ",\n".join(lines) + "\n}\n")
+
+
+def find_damage(manifests: Iterable[tuple[str, str]], size_of: Callable[[str], Optional[int]],
+                digest_of: Optional[Callable[[str], str]] = None) -> Optional[str]:
+    """The first file that differs from what its rank wrote, described; None when all match.
+
+    Args:
+        manifests: (name, JSON text) of each manifest file.
+        size_of: a file's size by its path relative to the checkpoint (None: missing).
+        digest_of: its SHA-256; None checks sizes only (what a storage listing can tell).
+    """
+    for manifest, text in manifests:
+        try:
+            listed = json.loads(text)
+        except ValueError as err:
+            return f"{MANIFEST_DIR}/{manifest} is unreadable ({err})"
+        for relative, (size, digest) in listed.items():
+            actual = size_of(relative)
+            if actual is None:
+                return f"{relative} is missing"
+            if actual != size:
+                return f"{relative} has {actual} bytes where {size} were written"
+            if digest_of is not None and digest_of(relative) != digest:
+                return f"{relative} differs from the file that was written (SHA-256)"
+    return None
+
+
+def local_damage(directory: Path) -> Optional[str]:
+    """`find_damage` for a local checkpoint folder, sizes and hashes. A checkpoint written before
+    manifests existed has none, and passes."""
+    manifests = [(p.name, p.read_text()) for p in sorted((directory / MANIFEST_DIR).glob("rank-*.json"))]
+
+    def size_of(relative: str) -> Optional[int]:
+        path = directory / relative
+        return path.stat().st_size if path.is_file() else None
+
+    return find_damage(manifests, size_of, lambda relative: _sha256(directory / relative))
+
+
+def newest_intact(names_newest_first: Iterable[str], damage_of: Callable[[str], Optional[str]], where: str,
+                  warn: Callable[[str], None]) -> Optional[str]:
+    """The first complete checkpoint without damage, warning about each damaged one passed over.
+
+    Raises:
+        CheckpointError: every complete checkpoint is damaged (resuming from none of them, or
+            starting over, would silently lose the run).
+    """
+    damaged = []
+    for name in names_newest_first:
+        problem = damage_of(name)
+        if problem is None:
+            if damaged:
+                warn(f"resuming from the older checkpoint {where}/{name} instead")
+            return name
+        warn(f"checkpoint {where}/{name} is damaged: {problem}; passing over it")
+        damaged.append(f"{name} ({problem})")
+    if damaged:
+        raise CheckpointError(f"no loadable checkpoint in {where}: every complete one is damaged: "
+                              f"{'; '.join(damaged)}. Move the damaged folders away to start the stage over")
+    return None
 
 
 def _require(path: Path, checkpoint: Path) -> Path:

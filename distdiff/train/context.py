@@ -1,20 +1,21 @@
 """The context the training loop runs in: ranks, device, reporting and checkpoint storage.
 
 `LocalContext` is one process writing checkpoints into a local folder; the Ray context in
-`distdiff/launchers/ray.py` implements the same methods on top of Ray Train.
+`distdiff/train/ray_context.py` implements the same methods on top of Ray Train.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from distdiff.train import preemption
-from distdiff.train.checkpoint import COMPLETE_MARKER, list_complete, prune, step_dir_name
+from distdiff.train.checkpoint import COMPLETE_MARKER, list_complete, local_damage, newest_intact, prune, step_dir_name
 
 
 class TrainContext(Protocol):
@@ -31,6 +32,10 @@ class TrainContext(Protocol):
     def all_gather_object(self, obj: Any) -> list: ...
     def barrier(self) -> None: ...
     def poll_preemption(self) -> str | None: ...
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,8 +64,12 @@ class LocalContext:
         self.keep = keep_checkpoints
 
     def latest_checkpoint(self) -> Path | None:
-        complete = list_complete(self.checkpoint_root)
-        return complete[-1] if complete else None
+        """The newest complete checkpoint whose files are whole (damaged ones are passed over, with
+        a warning)."""
+        by_name = {p.name: p for p in list_complete(self.checkpoint_root)}
+        name = newest_intact(reversed(list(by_name)), lambda n: local_damage(by_name[n]), str(self.checkpoint_root),
+                             _warn)
+        return by_name[name] if name else None
 
     def begin_checkpoint(self, step: int) -> Path:
         staging = self.checkpoint_root / f".partial-{step_dir_name(step)}"

@@ -13,7 +13,6 @@ a collective call every rank must make.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import warnings
@@ -23,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from distdiff.config import DistributedConfig, OptimConfig
+from distdiff.config import DistributedConfig, OptimConfig, deep_merge
 from distdiff.train.checkpoint import CheckpointError
 from distdiff.train.engines import lr_factor
 
@@ -38,17 +37,6 @@ SHM_INFERENCE_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU shared-memory all-red
 ZERO3_RESIDENT = frozenset({"ddgan_d"})
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """A copy of `base` with `override` merged in recursively (override wins on conflicts)."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def _optimizer_json(optim: OptimConfig, kind: str) -> dict:
     # torch_adam: DeepSpeed wraps torch.optim.Adam(W) instead of JIT-compiling its FusedAdam.
     params = {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,
@@ -61,7 +49,7 @@ def _optimizer_json(optim: OptimConfig, kind: str) -> dict:
 
 
 def build_deepspeed_config(optim: OptimConfig, kind: str, dist: DistributedConfig, precision: str,
-                           micro_batch_size: int, load_universal: bool = False, resident: bool = False) -> dict:
+                           micro_batch_size: int, load_universal: bool = False, name: str = "") -> dict:
     """The DeepSpeed JSON of one network.
 
     Args:
@@ -71,7 +59,7 @@ def build_deepspeed_config(optim: OptimConfig, kind: str, dist: DistributedConfi
         precision: "fp32" or "bf16".
         micro_batch_size: samples per rank per step.
         load_universal: resume from a universal checkpoint (the world size or ZeRO stage changed).
-        resident: keep the parameters whole: stage 3 becomes stage 2 (see ZERO3_RESIDENT).
+        name: the network's name (its ZeRO stage comes from `effective_zero_stage`).
 
     Returns:
         A plain dict for `deepspeed.initialize(config=...)`.
@@ -94,10 +82,20 @@ def build_deepspeed_config(optim: OptimConfig, kind: str, dist: DistributedConfi
             "warmup_min_lr": 0.0, "warmup_max_lr": optim.lr, "warmup_num_steps": optim.warmup_steps,
             "warmup_type": "linear"}}
     merged = deep_merge(config, dist.deepspeed)
-    if resident and merged["zero_optimization"].get("stage") == 3:
-        # A correctness requirement rather than a tuning knob, so it wins over the raw dict.
-        merged["zero_optimization"]["stage"] = 2
+    merged["zero_optimization"]["stage"] = effective_zero_stage(name, dist)
     return merged
+
+
+def effective_zero_stage(name: str, dist: DistributedConfig) -> int:
+    """The ZeRO stage network `name` runs at: the one function that says it, for building the engine and
+    for deciding whether a checkpoint needs a universal conversion.
+
+    `distributed.zero_stage`, unless the raw DeepSpeed dict sets `zero_optimization.stage`; and stage 2
+    instead of 3 for the networks that must stay whole (ZERO3_RESIDENT: a correctness requirement, so
+    it wins over the raw dict).
+    """
+    stage = int(dist.deepspeed.get("zero_optimization", {}).get("stage", dist.zero_stage))
+    return 2 if stage == 3 and name in ZERO3_RESIDENT else stage
 
 
 def is_partitioned(module: nn.Module) -> bool:
@@ -302,11 +300,6 @@ def read_engine_meta(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def engine_zero_stage(name: str, zero_stage: int) -> int:
-    """The ZeRO stage network `name` actually runs at (see ZERO3_RESIDENT)."""
-    return 2 if zero_stage == 3 and name in ZERO3_RESIDENT else zero_stage
-
-
 def needs_universal(meta: dict, world_size: int, zero_stage: int, bf16: bool) -> bool:
     """True when an engine saved as `meta` must go through a universal conversion to load here.
 
@@ -337,8 +330,7 @@ def deepspeed_engine_factory(dist: DistributedConfig, precision: str, micro_batc
     """
 
     def make(name: str, module: nn.Module, optim: OptimConfig, kind: str) -> DeepSpeedEngine:
-        config = build_deepspeed_config(optim, kind, dist, precision, micro_batch_size, name in universal,
-                                        resident=name in ZERO3_RESIDENT)
+        config = build_deepspeed_config(optim, kind, dist, precision, micro_batch_size, name in universal, name=name)
         return DeepSpeedEngine(module, config, lr_factor(optim) if optim.schedule == "cosine" else None)
 
     return make
@@ -347,5 +339,4 @@ def deepspeed_engine_factory(dist: DistributedConfig, precision: str, micro_batc
 def destroy_engines(engines) -> None:
     """Destroy every engine of an EngineSet (call before destroying the process group)."""
     for _, engine in engines.items():
-        if hasattr(engine, "destroy"):
-            engine.destroy()
+        engine.destroy()

@@ -1,13 +1,15 @@
-"""Plain-PyTorch engines: a network with its optimizer, LR schedule and gradient clipping.
+"""The engine seam, and plain-PyTorch engines: a network with its optimizer, LR schedule and clipping.
 
-The DeepSpeed engines in `deepspeed_engines.py` expose the same small surface, so the loop and
-the tasks run unchanged on either.
+`Engine` is the surface the loop, the tasks (through `EngineSet`), the EMA, the checkpoints and the
+exports use. `TorchEngine` (one process) and `DeepSpeedEngine` (`deepspeed_engines.py`) implement
+it; another backend (FSDP, say) is one more class with these members.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,6 +40,44 @@ def lr_factor(cfg: OptimConfig):
     return factor
 
 
+@runtime_checkable
+class Engine(Protocol):
+    """One network being trained, whatever runs the optimisation."""
+
+    @property
+    def module(self) -> nn.Module:
+        """The network (its parameters may be shards, e.g. under ZeRO-3)."""
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """What tasks call to run the network in a training pass."""
+
+    @property
+    def collective_forward(self) -> bool:
+        """True when a forward pass is a collective that every rank must run."""
+
+    @property
+    def lr(self) -> float: ...
+
+    def backward_step(self, loss: torch.Tensor) -> dict[str, float]:
+        """Backward pass and optimizer step; returns statistics such as lr and grad_norm."""
+
+    def save(self, directory: Path) -> None:
+        """Write this rank's part of the engine state into `directory`."""
+
+    def load(self, directory: Path) -> None:
+        """Restore what `save` wrote (on every rank)."""
+
+    def consolidate(self) -> dict:
+        """Gather the complete fp32 state dict (a collective where weights are partitioned)."""
+
+    def full_state_dict(self) -> dict:
+        """The complete state dict (after `consolidate` on every rank where that is a collective)."""
+
+    def destroy(self) -> None:
+        """Release what the backend holds (before the process group goes)."""
+
+
 class TorchEngine:
     """One trainable network with its optimizer, for single-process training.
 
@@ -58,13 +98,22 @@ class TorchEngine:
         """What tasks call to run the network."""
         return self.module
 
+    collective_forward = False  # one process: nothing to wait for
+
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def consolidate(self) -> dict:
+        """The module's state dict (nothing to gather in one process)."""
+        return self.full_state_dict()
+
     def full_state_dict(self) -> dict:
         """The complete module state dict (DeepSpeed engines gather partitioned weights here)."""
         return self.module.state_dict()
+
+    def destroy(self) -> None:
+        """Nothing to release."""
 
     def backward_step(self, loss: torch.Tensor) -> dict[str, float]:
         """Backward, clip, optimizer and scheduler step, zero grads."""
@@ -100,7 +149,7 @@ class TorchEngine:
 class EngineSet:
     """Engines keyed by network name; the `Updater` that tasks step through."""
 
-    def __init__(self, engines: dict):
+    def __init__(self, engines: dict[str, Engine]):
         self.engines = dict(engines)
 
     def module(self, name: str) -> nn.Module:
@@ -112,5 +161,5 @@ class EngineSet:
     def items(self):
         return self.engines.items()
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> Engine:
         return self.engines[name]

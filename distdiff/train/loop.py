@@ -8,6 +8,8 @@ function supplies the losses.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +24,11 @@ from distdiff.tasks import NonFiniteLossError
 from distdiff.train import preemption
 from distdiff.train.checkpoint import TrainState, read_checkpoint, seed_fresh_streams, write_checkpoint
 from distdiff.train.context import TrainContext
+from distdiff.train.engines import EngineSet
 from distdiff.train.metrics import MetricsLogger
 
 StepFn = Callable[[dict, Any, int, torch.Generator], dict]
+PROGRESS_LOG_S = 30.0  # progress lines in a log (not a terminal): at most one per this many seconds
 
 
 @dataclass
@@ -32,7 +36,7 @@ class StagePlan:
     """Everything one training stage needs, built by `distdiff.train.stages`."""
 
     name: str  # "vae" or "ldm"
-    engines: Any  # EngineSet (or the DeepSpeed equivalent)
+    engines: EngineSet  # of TorchEngine or DeepSpeedEngine (the `Engine` protocol)
     emas: dict  # engine name -> EMA
     step_fn: StepFn
     stream: Any  # batches + state_dict / load_rank_states
@@ -84,7 +88,7 @@ def _write_samples(ctx: TrainContext, plan: StagePlan, step: int) -> None:
     if plan.sample_fn is None:
         return
     # Under ZeRO-3 a forward of a live network is a collective: every rank samples, rank 0 saves.
-    collective = any(getattr(engine, "collective_forward", False) for _, engine in plan.engines.items())
+    collective = any(engine.collective_forward for _, engine in plan.engines.items())
     if ctx.rank != 0 and not collective:
         return
     grids = plan.sample_fn()
@@ -128,12 +132,49 @@ class _Throughput:
                 "cpu_util": (time.process_time() - self.cpu_start) / elapsed}
 
 
+class _DataTally:
+    """What this attempt of the stage drew from its stream, summed over ranks at the end: samples,
+    and for shard streams the sum and sum of squares of the dataset indices (one epoch read whole on
+    any number of ranks gives N, N(N-1)/2 and (N-1)N(2N-1)/6: a lost or repeated sample shows), the
+    stream's own counters (I/O retries, skipped bad samples), and how many ranks started from
+    distinct random streams."""
+
+    KEYS = ("samples", "index_sum", "index_square_sum")
+    STREAM_KEYS = ("retries", "bad_samples")
+
+    def __init__(self, generator: torch.Generator):
+        self.counts = dict.fromkeys(self.KEYS, 0)
+        # Where this rank's random streams start (after a resume): ranks that share a start would
+        # draw the same noise, so the summary counts the distinct ones.
+        self.streams = hashlib.sha1(generator.get_state().numpy().tobytes()
+                                    + torch.get_rng_state().numpy().tobytes()).hexdigest()
+
+    def add(self, batch: dict) -> None:
+        index = batch.get("index")
+        if index is None:
+            self.counts["samples"] += len(next(v for v in batch.values() if torch.is_tensor(v)))
+            return
+        index = index.to(torch.int64)
+        self.counts["samples"] += len(index)
+        self.counts["index_sum"] += int(index.sum())
+        self.counts["index_square_sum"] += int((index * index).sum())
+
+    def summary(self, ctx: TrainContext, stream) -> dict:
+        """`data/<key>` summed over ranks (a collective: every rank calls it)."""
+        counters = stream.metrics() if hasattr(stream, "metrics") else {}
+        mine = {**self.counts, **{k: counters.get(k, 0) for k in self.STREAM_KEYS}, "streams": self.streams}
+        ranks = ctx.all_gather_object(mine)
+        summary = {f"data/{key}": sum(r[key] for r in ranks) for key in (*self.KEYS, *self.STREAM_KEYS)}
+        return {**summary, "rng/distinct_rank_streams": len({r["streams"] for r in ranks})}
+
+
 def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
     """Train `plan` to `plan.stage.steps`, resuming from the context's latest checkpoint.
 
     Returns:
         the final metrics (last logged values plus throughput), identical on every rank.
     """
+    started = time.perf_counter()
     torch.manual_seed(plan.seed * 1000 + ctx.rank)
     generator = torch.Generator(device=ctx.device).manual_seed(plan.seed * 1_000_003 + ctx.rank)
     state = _resume(ctx, plan, generator)
@@ -141,13 +182,18 @@ def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
     global_batch = plan.stage.batch_size * ctx.world_size
     meter, overall = _Throughput(), _Throughput()
     batches = iter(plan.stream)
+    # On a terminal the bar redraws in place; in a log (Ray forwards each redraw as a new line) it is
+    # written at most every PROGRESS_LOG_S seconds.
     bar = tqdm(total=plan.stage.steps, initial=state.step, desc=plan.name, disable=ctx.rank != 0,
-               dynamic_ncols=True, mininterval=1.0)
+               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else PROGRESS_LOG_S)
     metrics: dict = dict(state.metrics)
     preempted = False
+    tally = _DataTally(generator)
     while state.step < plan.stage.steps:
         t0 = time.perf_counter()
-        batch = _to_device(next(batches), ctx.device)
+        batch = next(batches)
+        tally.add(batch)
+        batch = _to_device(batch, ctx.device)
         t1 = time.perf_counter()
         try:
             with _autocast(plan.precision, ctx.device):
@@ -173,9 +219,20 @@ def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
     bar.close()
     final = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, **overall.summary()}
     final.update({"steps": state.step, "samples_seen": state.samples_seen, "preempted": preempted})
+    final.update(tally.summary(ctx, plan.stream))
     if logger:
         logger.close()
+    if ctx.rank == 0:
+        print(stage_report(plan.name, final, time.perf_counter() - started), flush=True)
     return final
+
+
+def stage_report(name: str, final: dict, seconds: float) -> str:
+    """A few lines that end a stage on the console: steps, time, throughput, the last losses."""
+    losses = "  ".join(f"{key} {value:.4f}" for key, value in final.items() if key.endswith("loss"))
+    state = "stopped early" if final.get("preempted") else "done"
+    return (f"[{name}] {state}: step {final['steps']}, {seconds / 60:.1f} min this run, "
+            f"{final.get('images_per_sec', 0.0):.1f} images/s\n[{name}] last losses: {losses or '-'}")
 
 
 def _checkpoint_due(step: int, stage: StageConfig) -> bool:

@@ -4,14 +4,17 @@ Checkpoints: every rank writes its part into a local staging folder and hands it
 `ray.train.report`, which uploads all ranks' files into one folder of the run's storage; once every
 rank has uploaded, rank 0 writes the COMPLETE marker into that folder, then prunes. Resume never asks
 Ray which checkpoint is the latest (Ray can drop one reported just before a crash): it lists the
-storage and takes the newest folder that carries the marker.
+storage and takes the newest folder that carries the marker and whose files match their manifests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +26,26 @@ import torch
 import torch.distributed as dist
 
 from distdiff.train import preemption
-from distdiff.train.checkpoint import COMPLETE_MARKER, step_dir_name
+from distdiff.train.checkpoint import COMPLETE_MARKER, local_damage, newest_intact, step_dir_name
 from distdiff.train.storage import Storage
 
 PREEMPT_KV_PREFIX = "distdiff-preempt:"  # + run id; set by the driver on SIGTERM / SIGUSR1
 KV_POLL_INTERVAL_S = 1.0
+
+
+VERBOSE_ENV = "DISTDIFF_VERBOSE"  # "1": keep Ray Train's INFO lines (one per metrics report) on the console
+
+
+def quiet_ray_train_logs() -> None:
+    """Drop Ray Train's INFO line per `ray.train.report` (a full repr of the report, hundreds per run)
+    from this worker's console, unless `$DISTDIFF_VERBOSE` asks for it."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    try:  # Ray Train V2 names this logger after its source file
+        from ray.train.v2._internal.execution import context as ray_train_context
+    except ImportError:
+        return
+    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
 
 
 def driver_request_key(run_id: str) -> str:
@@ -61,6 +79,7 @@ class RayContext:
     def __init__(self, checkpoints: Storage, device: torch.device, keep: int, run_id: str,
                  sync_dirs: dict[Path, Storage] | None = None, events: Path | None = None,
                  drain_poll_every: int = 0):
+        quiet_ray_train_logs()
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -89,16 +108,31 @@ class RayContext:
         if self._resume_resolved:
             return self._resume
         self.barrier()
-        name = self.checkpoints.latest_complete()
+        complete = [name for _, name, done in self.checkpoints.step_dirs() if done]
+        # Every rank checks the same files, so all pass over the same damaged checkpoints.
+        name = newest_intact(reversed(complete), self._download_and_check, self.checkpoints.uri, self._warn)
         if name is not None:
-            local = self.scratch / "resume" / name
-            self._resume = self.checkpoints.download(name, local)
+            self._resume = self.scratch / "resume" / name
             if self.rank == 0:
                 print(f"resuming from {self.checkpoints.uri}/{name} (newest complete checkpoint)", flush=True)
                 self._log_event({"event": "resume", "checkpoint": f"{self.checkpoints.uri}/{name}",
                                  "step": int(name.split("-")[1]), "world_size": self.world_size})
         self._resume_resolved = True
         return self._resume
+
+    def _download_and_check(self, name: str) -> str | None:
+        local = self.scratch / "resume" / name
+        problem = local_damage(self.checkpoints.download(name, local))
+        if problem is not None:
+            shutil.rmtree(local, ignore_errors=True)
+        if problem is not None and self.rank == 0:
+            self._log_event({"event": "damaged_checkpoint", "checkpoint": f"{self.checkpoints.uri}/{name}",
+                             "problem": problem})
+        return problem
+
+    def _warn(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def _log_event(self, record: dict) -> None:
         if self.events is None:

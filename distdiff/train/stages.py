@@ -114,8 +114,8 @@ def load_stage2_vae(cfg: RunConfig, device: torch.device) -> nn.Module | None:
     return vae.to(device).eval().requires_grad_(False)
 
 
-def _diffusion_shape(cfg: RunConfig, vae: nn.Module | None) -> tuple[int, int, int]:
-    c, h, w = describe_source(cfg.data).image_shape
+def _diffusion_shape(image_shape: tuple[int, int, int], vae: nn.Module | None) -> tuple[int, int, int]:
+    c, h, w = image_shape
     if vae is None:
         return c, h, w
     f = vae.downsample_factor
@@ -125,10 +125,10 @@ def _diffusion_shape(cfg: RunConfig, vae: nn.Module | None) -> tuple[int, int, i
 def build_ldm_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> tuple[StagePlan, Stage2Sampler]:
     """Stage 2: every enabled member (LDM, DDGAN, GAN) on one latent stream; the plan and an EMA sampler."""
     vae = load_stage2_vae(cfg, ctx.device)
-    info = describe_source(cfg.data)
+    info = describe_source(cfg.data)  # once per stage (for shards a read of the manifest)
     latents = LatentSource(vae)
     # Each member's initial weights depend on the seed and its name only, not on which others train.
-    setup = build_stage2(cfg, latents, info.image_shape, _diffusion_shape(cfg, vae),
+    setup = build_stage2(cfg, latents, info.image_shape, _diffusion_shape(info.image_shape, vae),
                          info.num_classes if cfg.ldm.class_conditional else None,
                          on_member=lambda name: torch.manual_seed(cfg.seed + 1 + MEMBERS.index(name)))
     engines = EngineSet({name: make_engine(name, net.module.to(ctx.device), net.optim, net.optimizer)

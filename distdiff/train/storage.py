@@ -19,11 +19,12 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from distdiff.train.checkpoint import COMPLETE_MARKER
+from distdiff.data.storage import AWS_LOCATION, endpoint_url
+from distdiff.train.checkpoint import COMPLETE_MARKER, MANIFEST_DIR, find_damage
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 # Where the storage is, never who may use it: the only AWS variables passed on to Ray workers.
-AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+AWS_SETTINGS = AWS_LOCATION
 
 
 class StorageError(RuntimeError):
@@ -46,7 +47,7 @@ def s3_filesystem(fail_fast: bool = False) -> pafs.S3FileSystem:
     Args:
         fail_fast: one attempt with a short connect timeout (for the pre-flight check).
     """
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = endpoint_url()
     options: dict = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -116,6 +117,20 @@ class Storage:
         complete = [name for _, name, done in self.step_dirs() if done]
         return complete[-1] if complete else None
 
+    def file_sizes(self, name: str) -> dict[str, int]:
+        """The size of every file under the subfolder `name`, by its path relative to that folder."""
+        source = self.path(name)
+        infos = self.fs.get_file_info(pafs.FileSelector(source, recursive=True, allow_not_found=True))
+        return {i.path[len(source):].lstrip("/"): i.size for i in infos if i.type == pafs.FileType.File}
+
+    def checkpoint_damage(self, name: str) -> str | None:
+        """What is wrong with the stored checkpoint `name` as far as a listing tells (a missing or
+        truncated file, against its rank's manifest), without downloading it; None when nothing is."""
+        sizes = self.file_sizes(name)
+        manifests = [(relative.rsplit("/", 1)[-1], self.read_text(name, relative))
+                     for relative in sorted(sizes) if relative.startswith(MANIFEST_DIR + "/")]
+        return find_damage(manifests, sizes.get)
+
     # -- transfers -----------------------------------------------------------------------------
 
     def read_text(self, *parts: str) -> str:
@@ -180,7 +195,7 @@ class Storage:
 
 
 def _endpoint_name() -> str:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+    return endpoint_url() or "the default AWS endpoint"
 
 
 def _describe(err: OSError, uri: str) -> str:

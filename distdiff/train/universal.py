@@ -15,11 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distdiff.config import DistributedConfig
 from distdiff.train.checkpoint import CheckpointError
 from distdiff.train.deepspeed_engines import (
     CHECKPOINT_TAG,
     UNIVERSAL_DIR,
-    engine_zero_stage,
+    effective_zero_stage,
     needs_universal,
     read_engine_meta,
 )
@@ -33,24 +34,27 @@ def engine_dirs(checkpoint: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def universal_engines(metas: dict[str, dict], world_size: int, zero_stage: int, bf16: bool) -> frozenset[str]:
+def universal_engines(metas: dict[str, dict], world_size: int, dist: DistributedConfig,
+                      bf16: bool) -> frozenset[str]:
     """Names of the engines (given their saved `deepspeed.json`) that cannot load directly at this layout.
 
     Args:
         metas: engine name -> the world size / ZeRO stage / precision it was saved with.
-        world_size, zero_stage, bf16: the layout of the run about to resume.
+        world_size, dist, bf16: the layout of the run about to resume (each engine's ZeRO stage is
+            `effective_zero_stage` of its name).
 
     Raises:
         CheckpointError: for a layout change DeepSpeed cannot restore exactly.
     """
     return frozenset(name for name, meta in metas.items()
-                     if needs_universal(meta, world_size, engine_zero_stage(name, zero_stage), bf16))
+                     if needs_universal(meta, world_size, effective_zero_stage(name, dist), bf16))
 
 
-def engines_needing_universal(checkpoint: Path, world_size: int, zero_stage: int, bf16: bool) -> frozenset[str]:
+def engines_needing_universal(checkpoint: Path, world_size: int, dist: DistributedConfig,
+                              bf16: bool) -> frozenset[str]:
     """`universal_engines` for a local checkpoint folder."""
     metas = {d.name: read_engine_meta(d) for d in engine_dirs(checkpoint)}
-    return universal_engines(metas, world_size, zero_stage, bf16)
+    return universal_engines(metas, world_size, dist, bf16)
 
 
 def convert_engine(directory: Path, timeout_s: float = 3600) -> Path:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from distdiff.config import ConfigError, RunConfig
-from distdiff.models import preset_kwargs
+from distdiff.data.embedded import embedded_dataset
+from distdiff.models import preset_downsampling
 from distdiff.train.data_source import describe_source
 
 
-def _preset(family: str, name: str, key: str) -> dict:
+def _downsampling(family: str, name: str, key: str) -> int:
+    """The preset's downsampling factor; an unknown preset is a config error naming the key."""
     try:
-        return preset_kwargs(family, name)
+        return preset_downsampling(family, name)
     except ValueError as err:
         raise ConfigError(f"{key}: {err}") from None
-
-
-def _downsampling(kwargs: dict) -> int:
-    return 2 ** (len(kwargs["channel_mult"]) - 1)
 
 
 def _check_accumulation(cfg: RunConfig, stage: str) -> None:
@@ -42,8 +40,7 @@ def validate_run(cfg: RunConfig, stage: str = "all") -> None:
     """
     _check_accumulation(cfg, stage)
     c, h, w = describe_source(cfg.data).image_shape
-    vae = _preset("vae", cfg.vae.preset, "vae.preset")
-    f = _downsampling(vae)
+    f = _downsampling("vae", cfg.vae.preset, "vae.preset")
     if stage in ("vae", "all") and (h % f or w % f):
         raise ConfigError(f"vae.preset '{cfg.vae.preset}' downsamples by {f}, which does not divide the "
                           f"{h}x{w} images of {cfg.data.source}")
@@ -56,14 +53,14 @@ def validate_run(cfg: RunConfig, stage: str = "all") -> None:
     if cfg.ddgan.enabled:
         nets.append(("ddgan_generator", cfg.ddgan.preset, "ddgan.preset"))
     for family, name, key in nets:
-        down = _downsampling(_preset(family, name, key))
+        down = _downsampling(family, name, key)
         if size[0] % down or size[1] % down:
             raise ConfigError(
                 f"{key} '{name}' downsamples by {down}, which does not divide the {size[0]}x{size[1]} "
                 f"{'latents' if cfg.space == 'latent' else 'images'} it would train on"
             )
     if cfg.data.is_embedded:
-        data_size = 5000 if cfg.data.source == "embedded-mnist" else cfg.data.stacked_size
+        data_size = embedded_dataset(cfg.data.source).size(cfg.data.stacked_size)
         for stage_cfg, key in ((cfg.stage1, "stage1"), (cfg.stage2, "stage2")):
             if stage_cfg.batch_size * cfg.distributed.num_workers > data_size:
                 raise ConfigError(f"{key}.batch_size x distributed.num_workers exceeds the {data_size} samples")

@@ -79,7 +79,7 @@ def run_benchmark(checkpoint: str | None = None, device: str = "cpu", inception_
     from distdiff.eval.classifier import MnistClassifier
     from distdiff.eval.features import InceptionFeatures, MnistClassifierFeatures
     from distdiff.eval.sources import checkpoint_sources
-    from distdiff.eval.toy import write_tiny_export
+    from distdiff.testing.toy import write_tiny_export
 
     results = {"device": device, "torch_threads": torch.get_num_threads(), "batch_size": batch_size}
     inception = InceptionFeatures(inception_weights, device, batch_size=inception_images)

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 from distdiff.data.formats import embedded_mnist
-from distdiff.data.latents import PoolEncoder, VAEEncoder, encode_latent_shards
+from distdiff.data.latents import PoolEncoder, encode_latent_shards
 from distdiff.data.manifest import read_manifest
-from distdiff.data.seaweed import SeaweedServer
+from distdiff.testing.environ import environment
+from distdiff.testing.seaweed import SeaweedServer
 from distdiff.data.source import build_stream
 from distdiff.data.writer import write_image_shards
+from distdiff.tasks import VAEEncoder
 
 
 @dataclass
@@ -133,26 +135,20 @@ def run_data_benchmark(settings: BenchSettings, make_train_step: Callable[[dict]
     """
     with tempfile.TemporaryDirectory(dir=settings.workdir) as tmp:
         server = SeaweedServer(Path(tmp) / "seaweed").start()
-        saved = {k: os.environ.get(k) for k in server.env()}
-        os.environ.update(server.env())
         try:
-            places = prepare_datasets(server, Path(tmp), settings)
-            results = {
-                "images": compare_rates(places["image_local"], places["image_s3"], settings,
-                                        settings.image_epochs, server.process.pid),
-                "latents": compare_rates(places["latent_local"], places["latent_s3"], settings,
-                                         settings.latent_epochs, server.process.pid),
-            }
-            if make_train_step is not None:
-                batch = next(iter(build_stream(places["latent_local"], settings.batch_size, 0, 1, seed=0)))
-                train = step_rate(make_train_step(batch), batch)
-                results["train_step_samples_per_s"] = train
-                results["latent_stream_over_train"] = results["latents"]["s3_samples_per_s"] / train
+            with environment(server.env()):
+                places = prepare_datasets(server, Path(tmp), settings)
+                results = {
+                    "images": compare_rates(places["image_local"], places["image_s3"], settings,
+                                            settings.image_epochs, server.process.pid),
+                    "latents": compare_rates(places["latent_local"], places["latent_s3"], settings,
+                                             settings.latent_epochs, server.process.pid),
+                }
+                if make_train_step is not None:
+                    batch = next(iter(build_stream(places["latent_local"], settings.batch_size, 0, 1, seed=0)))
+                    train = step_rate(make_train_step(batch), batch)
+                    results["train_step_samples_per_s"] = train
+                    results["latent_stream_over_train"] = results["latents"]["s3_samples_per_s"] / train
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
             server.stop()
     return results

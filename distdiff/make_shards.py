@@ -77,7 +77,8 @@ def make_image_shards(args: argparse.Namespace):
 
 def make_latent_shards(args: argparse.Namespace):
     """Encode `args.source` into latent shards at `args.dest`, locally or over Ray."""
-    from distdiff.data.latents import VAEEncoder, encode_latent_shards
+    from distdiff.data.latents import encode_latent_shards
+    from distdiff.tasks import VAEEncoder
 
     encoder = VAEEncoder(args.vae, args.device)
     if args.ray:
