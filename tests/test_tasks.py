@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from distdiff.config import OptimConfig
-from distdiff.diffusion import ddgan_q_sample_pairs, ddgan_schedule, ddpm_loss, ddpm_schedule
+from distdiff.diffusion import ddgan_q_sample_pairs, ddgan_schedule, ddpm_schedule
+from distdiff.tasks.ldm import ddpm_loss
 from distdiff.models import build_model
 from distdiff.diffusion import ScheduleSpec
 from distdiff.tasks import (
