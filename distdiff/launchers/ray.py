@@ -95,9 +95,8 @@ def _prepare_elastic_resume(checkpoints: Storage, cfg: RunConfig) -> None:
     from distdiff.train.deepspeed_engines import ENGINE_META
     from distdiff.train.universal import UNIVERSAL_MARKER, convert_checkpoint, engine_dirs, universal_engines
 
-    complete = [name for _, name, done in checkpoints.step_dirs() if done]
     # The workers will pass over a damaged checkpoint (checking sizes and hashes); skip the same here.
-    name = newest_intact(reversed(complete), checkpoints.checkpoint_damage, checkpoints.uri,
+    name = newest_intact(reversed(checkpoints.complete_names()), checkpoints.checkpoint_damage, checkpoints.uri,
                          lambda message: print(f"warning: {message}", file=sys.stderr, flush=True))
     if name is None or checkpoints.exists(name, UNIVERSAL_MARKER):
         return
@@ -167,10 +166,10 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
     checkpoints = storage.child(cfg.name, stage, "checkpoints")
     _prepare_elastic_resume(checkpoints, cfg)
     outputs = storage.child(cfg.name, stage)
-    if outputs.exists(FINAL_METRICS):  # from an earlier submission of this run
-        outputs.fs.delete_file(outputs.path(FINAL_METRICS))
-    if checkpoints.exists(RAY_CHECKPOINT_RECORD):
-        checkpoints.fs.delete_file(checkpoints.path(RAY_CHECKPOINT_RECORD))
+    # Records of an earlier submission of this run: its final metrics, failure and Ray's checkpoint list.
+    outputs.remove_file(FINAL_METRICS)
+    outputs.remove_file(HOPELESS_RECORD)
+    checkpoints.remove_file(RAY_CHECKPOINT_RECORD)
     dist = cfg.distributed
     run_id = f"{cfg.name}/{stage}/{uuid.uuid4().hex[:8]}"
     trainer = TorchTrainer(
@@ -188,8 +187,6 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
             worker_runtime_env={"env_vars": worker_env()},
         ),
     )
-    if outputs.exists(HOPELESS_RECORD):  # from an earlier submission of this run
-        outputs.fs.delete_file(outputs.path(HOPELESS_RECORD))
     with _SignalForwarder(run_id):
         try:
             trainer.fit()

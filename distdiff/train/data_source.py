@@ -5,7 +5,6 @@ from __future__ import annotations
 from distdiff.config import DataConfig
 from distdiff.data import DatasetInfo, build_stream, describe_shards
 from distdiff.data.embedded import embedded_dataset
-from distdiff.data.memory import ArrayStream
 
 
 def describe_source(cfg: DataConfig) -> DatasetInfo:
@@ -18,8 +17,5 @@ def describe_source(cfg: DataConfig) -> DatasetInfo:
 
 def build_source_stream(cfg: DataConfig, batch_size: int, rank: int, world_size: int, seed: int):
     """The stream of batches for one rank (embedded arrays in memory, or shards)."""
-    if cfg.is_embedded:
-        images, labels = embedded_dataset(cfg.source).load(cfg.stacked_size, seed)
-        return ArrayStream(images, labels, batch_size, rank=rank, world_size=world_size, seed=seed, hflip=cfg.hflip)
     return build_stream(cfg.source, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
-                        num_workers=cfg.num_workers, hflip=cfg.hflip)
+                        num_workers=cfg.num_workers, hflip=cfg.hflip, stacked_size=cfg.stacked_size)

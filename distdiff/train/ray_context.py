@@ -108,9 +108,9 @@ class RayContext:
         if self._resume_resolved:
             return self._resume
         self.barrier()
-        complete = [name for _, name, done in self.checkpoints.step_dirs() if done]
         # Every rank checks the same files, so all pass over the same damaged checkpoints.
-        name = newest_intact(reversed(complete), self._download_and_check, self.checkpoints.uri, self._warn)
+        name = newest_intact(reversed(self.checkpoints.complete_names()), self._download_and_check,
+                             self.checkpoints.uri, self._warn)
         if name is not None:
             self._resume = self.scratch / "resume" / name
             if self.rank == 0:
@@ -123,9 +123,10 @@ class RayContext:
     def _download_and_check(self, name: str) -> str | None:
         local = self.scratch / "resume" / name
         problem = local_damage(self.checkpoints.download(name, local))
-        if problem is not None:
-            shutil.rmtree(local, ignore_errors=True)
-        if problem is not None and self.rank == 0:
+        if problem is None:
+            return None
+        shutil.rmtree(local, ignore_errors=True)
+        if self.rank == 0:
             self._log_event({"event": "damaged_checkpoint", "checkpoint": f"{self.checkpoints.uri}/{name}",
                              "problem": problem})
         return problem

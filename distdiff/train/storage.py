@@ -112,10 +112,19 @@ class Storage:
                 found.append((int(match.group(1)), name, self.exists(name, COMPLETE_MARKER)))
         return sorted(found)
 
+    def complete_names(self) -> list[str]:
+        """Names of the complete checkpoint folders, oldest first."""
+        return [name for _, name, done in self.step_dirs() if done]
+
     def latest_complete(self) -> str | None:
         """Name of the newest complete checkpoint folder, or None."""
-        complete = [name for _, name, done in self.step_dirs() if done]
+        complete = self.complete_names()
         return complete[-1] if complete else None
+
+    def remove_file(self, *parts: str) -> None:
+        """Delete one file (no error when it is absent)."""
+        if self.exists(*parts):
+            self.fs.delete_file(self.path(*parts))
 
     def file_sizes(self, name: str) -> dict[str, int]:
         """The size of every file under the subfolder `name`, by its path relative to that folder."""
