@@ -484,3 +484,11 @@ def test_models_import_no_heavy_frameworks():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"distdiff.models imported {result.stdout.strip()}"
+
+
+def test_trilemma_networks_are_one_size():
+    # The study compares sampling speed between a U-Net and a DDGAN generator of one size.
+    unet = num_params(build_model("unet", "trilemma"))
+    generator = num_params(build_model("ddgan_generator", "trilemma"))
+    print(f"trilemma U-Net {unet:,} parameters, DDGAN generator {generator:,}")
+    assert (unet, generator) == (1_268_572, 1_259_844)

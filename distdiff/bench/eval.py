@@ -57,13 +57,33 @@ def bench_sources(sources, batch_size: int = 16, repeats: int = 2) -> dict[str, 
     return {s.key: _rate(lambda s=s: s.generate(indices, seeds), batch_size, repeats) for s in sources}
 
 
+def bench_inception_layouts(inception, num_images: int = 32, repeats: int = 2) -> dict[str, dict]:
+    """Inception images/s at batch 8 and 32, NCHW and channels-last, measured side by side.
+
+    Returns:
+        {"batch B, LAYOUT": {"images_per_s": r, "vs_batch32_nchw": ratio}} for the four settings.
+    """
+    saved = inception.batch_size, inception.channels_last
+    rates = {}
+    try:
+        for batch in (8, 32):
+            for channels_last in (False, True):
+                inception.batch_size, inception.channels_last = batch, channels_last
+                layout = "channels_last" if channels_last else "nchw"
+                rates[f"batch {batch}, {layout}"] = bench_extractor(inception, (3, 32, 32), num_images, repeats)
+    finally:
+        inception.batch_size, inception.channels_last = saved
+    base = rates["batch 32, nchw"]
+    return {k: {"images_per_s": r, "vs_batch32_nchw": r / base} for k, r in rates.items()}
+
+
 def run_benchmark(checkpoint: str | None = None, device: str = "cpu", inception_images: int = 32,
                   batch_size: int = 16, ddim_steps: int = 50, include_ddpm: bool = False,
                   inception_weights: str | None = None, repeats: int = 2) -> dict:
     """Measure Inception features/s, FD-MNIST features/s and each sampler's samples/s.
 
     Args:
-        checkpoint: a stage-2 export; None builds a tiny untrained one (pixel-space MNIST shape).
+        checkpoint: a stage-2 export; None builds a tiny untrained one (latent-space MNIST shape).
         device: where everything runs.
         inception_images: images per timed Inception call.
         batch_size: samples per timed sampler call.
@@ -82,17 +102,18 @@ def run_benchmark(checkpoint: str | None = None, device: str = "cpu", inception_
     from distdiff.testing.toy import write_tiny_export
 
     results = {"device": device, "torch_threads": torch.get_num_threads(), "batch_size": batch_size}
-    inception = InceptionFeatures(inception_weights, device, batch_size=inception_images)
+    inception = InceptionFeatures(inception_weights, device)
+    results["inception_batch_size"] = inception.batch_size
     results["inception_features_per_s"] = bench_extractor(inception, (3, 32, 32), inception_images, repeats)
     results["inception_features_per_s_299"] = bench_extractor(inception, (3, 299, 299), inception_images, repeats)
+    results["inception_layouts"] = bench_inception_layouts(inception, inception_images, repeats)
     fd_mnist = MnistClassifierFeatures(MnistClassifier(), channels=3, device=device)
     results["fd_mnist_features_per_s"] = bench_extractor(fd_mnist, (3, 32, 32), 512, repeats)
     with tempfile.TemporaryDirectory() as tmp:
         path = checkpoint or str(write_tiny_export(tmp, image_shape=(1, 32, 32), space="latent", ldm_steps=1000,
                                                    ddgan_steps=4))
-        ckpt = EvalCheckpoint(path, ["ldm", "ddgan"])
-        samplers = [("ddim", ddim_steps)] + ([("ddpm", 0)] if include_ddpm else [])
-        sources = checkpoint_sources(ckpt, ["ldm", "ddgan"], samplers, device)
+        selection = [f"ldm:ddim:{ddim_steps}", "ddgan"] + (["ldm:ddpm"] if include_ddpm else [])
+        sources = checkpoint_sources(EvalCheckpoint(path, selection), device)
         results["checkpoint"] = checkpoint or "tiny untrained export (latent, 1x32x32)"
         results["samples_per_s"] = bench_sources(sources, batch_size, repeats)
         results["nfe"] = {s.key: s.nfe for s in sources}
