@@ -287,12 +287,7 @@ def ddim_sample(
         shape: (B, C, H, W) of the samples.
         steps: number of network evaluations.
         eta: stochasticity (0 = deterministic DDIM, 1 = DDPM posterior variance).
-        generator: None, a ``torch.Generator`` or one generator per sample.
-        device: device of the samples (default: the generator's device, else CPU).
-        model_kwargs: extra keyword arguments for the model.
-        progress: show a tqdm progress bar.
-        dtype: dtype of the samples.
-        x_T: optional starting noise (B, C, H, W), used instead of drawing it.
+        generator, device, model_kwargs, progress, dtype, x_T: as for ``ddpm_sample``.
 
     Returns:
         x0 samples, (B, C, H, W).

@@ -13,38 +13,18 @@ import torch.nn.functional as F
 
 
 def d_loss_real(logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator loss on real samples: softplus(-logits).mean().
-
-    Args:
-        logits: (B,) or (B, 1) discriminator logits on real data.
-
-    Returns:
-        Scalar loss.
-    """
+    """The discriminator's loss on its logits (B,) or (B, 1) for real data: softplus(-logits).mean()."""
     return F.softplus(-logits).mean()
 
 
 def d_loss_fake(logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator loss on generated samples: softplus(logits).mean().
-
-    Args:
-        logits: (B,) or (B, 1) discriminator logits on generated data.
-
-    Returns:
-        Scalar loss.
-    """
+    """The discriminator's loss on its logits (B,) or (B, 1) for generated data: softplus(logits).mean()."""
     return F.softplus(logits).mean()
 
 
 def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating generator loss: softplus(-fake_logits).mean().
-
-    Args:
-        fake_logits: (B,) or (B, 1) discriminator logits on generated data.
-
-    Returns:
-        Scalar loss.
-    """
+    """The generator's non-saturating loss on D's logits (B,) or (B, 1) for generated data:
+    softplus(-fake_logits).mean() (the real-data loss of D, applied to fakes)."""
     return F.softplus(-fake_logits).mean()
 
 

@@ -23,7 +23,7 @@ from distdiff.models.config import records_config
 from distdiff.nn import PixelNorm, TimestepMLP
 from distdiff.nn.init import DENSE_FAN_MODE, conv1x1, conv3x3, dense, scaled_
 from distdiff.nn.ncsnpp import SKIP_SCALE, BigGANResBlock, SelfAttention, ncsnpp_groups
-from distdiff.nn.resample import FIRDownsampleConv, FIRResample
+from distdiff.nn.resample import FIRDownsampleConv, FIRResample, HalvingLevels
 
 OUTPUT_ACTIVATIONS = ("tanh", "none")
 
@@ -51,7 +51,7 @@ def _time_mlp(nf: int) -> TimestepMLP:
     return mlp
 
 
-class DDGANGenerator(nn.Module):
+class DDGANGenerator(HalvingLevels, nn.Module):
     """NCSN++ generator G(x_{t+1}, t, z) -> x0 prediction.
 
     Args:
@@ -128,16 +128,6 @@ class DDGANGenerator(nn.Module):
             self.up.append(stage)
         self.norm_out = nn.GroupNorm(ncsnpp_groups(ch), ch, eps=1e-6)
         self.conv_out = conv3x3(ch, in_channels, scale=0.0)
-
-    @staticmethod
-    def downsampling(channel_mult: Sequence[int]) -> int:
-        """The factor by which a network of these widths downsamples (one halving per later level)."""
-        return 2 ** (len(channel_mult) - 1)
-
-    @property
-    def total_downsampling(self) -> int:
-        """H and W must be divisible by this factor."""
-        return self.downsampling(self.channel_mult)
 
     def forward(self, x_tp1: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Predict x0.
@@ -219,7 +209,7 @@ def minibatch_stddev(h: torch.Tensor, group_size: int = 4) -> torch.Tensor:
     return torch.cat([h, std.to(h.dtype)], dim=1)
 
 
-class DDGANDiscriminator(nn.Module):
+class DDGANDiscriminator(HalvingLevels, nn.Module):
     """Time-conditioned discriminator D(x_t, t, x_{t+1}) -> logit.
 
     Args:
@@ -259,16 +249,6 @@ class DDGANDiscriminator(nn.Module):
         self.conv_out = conv3x3(widths[-1] + 1, widths[-1], scale=0.0 if full_res_block else 1.0,
                                 mode=DENSE_FAN_MODE)
         self.linear_out = dense(widths[-1], 1, mode=DENSE_FAN_MODE)
-
-    @staticmethod
-    def downsampling(channel_mult: Sequence[int]) -> int:
-        """The factor by which a network of these widths downsamples (one halving per later level)."""
-        return 2 ** (len(channel_mult) - 1)
-
-    @property
-    def total_downsampling(self) -> int:
-        """H and W must be divisible by this factor."""
-        return self.downsampling(self.channel_mult)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_tp1: torch.Tensor) -> torch.Tensor:
         """Score the pair (x_t, x_{t+1}) at step t.

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from distdiff.models.config import records_config
 from distdiff.nn import AttentionBlock, Downsample, EmbedSequential, ResBlock, TimestepMLP, Upsample
 from distdiff.nn import group_norm, zero_module
+from distdiff.nn.resample import HalvingLevels
 
 
 class UNetTrunk(nn.Module):
@@ -106,7 +107,7 @@ class UNetTrunk(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class UNet(nn.Module):
+class UNet(HalvingLevels, nn.Module):
     """DDPM noise-prediction U-Net with optional class conditioning for classifier-free guidance.
 
     Args:
@@ -149,16 +150,6 @@ class UNet(nn.Module):
             in_channels, self.out_channels, model_channels, channel_mult, num_res_blocks,
             attention_levels, dropout, num_heads, emb_dim, head_channels,
         )
-
-    @staticmethod
-    def downsampling(channel_mult: Sequence[int]) -> int:
-        """The factor by which a network of these widths downsamples (one halving per later level)."""
-        return 2 ** (len(channel_mult) - 1)
-
-    @property
-    def total_downsampling(self) -> int:
-        """Factor by which the input is downsampled at the lowest level; H and W must divide by it."""
-        return self.downsampling(self.channel_mult)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise.

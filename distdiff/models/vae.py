@@ -9,6 +9,7 @@ from torch import nn
 
 from distdiff.models.config import records_config
 from distdiff.nn import AttentionBlock, Downsample, ResBlock, Upsample, group_norm
+from distdiff.nn.resample import HalvingLevels
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -63,7 +64,7 @@ class Decoder(nn.Module):
         return self.layers(z)
 
 
-class KLVAE(nn.Module):
+class KLVAE(HalvingLevels, nn.Module):
     """Variational autoencoder with a diagonal-Gaussian posterior over a spatial latent.
 
     Args:
@@ -104,15 +105,10 @@ class KLVAE(nn.Module):
         # 1 / std of the latents, measured after training; latent diffusion works on z * scale_factor.
         self.register_buffer("scale_factor", torch.tensor(1.0, dtype=torch.float32), persistent=True)
 
-    @staticmethod
-    def downsampling(channel_mult: Sequence[int]) -> int:
-        """The factor by which a network of these widths downsamples (one halving per later level)."""
-        return 2 ** (len(channel_mult) - 1)
-
     @property
     def downsample_factor(self) -> int:
         """Spatial downsampling factor f between image and latent."""
-        return self.downsampling(self.channel_mult)
+        return self.total_downsampling
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters of x (B, in_channels, H, W) in [-1, 1].

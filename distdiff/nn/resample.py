@@ -107,3 +107,20 @@ class FIRDownsampleConv(nn.Module):
         """x: (B, in_ch, H, W) -> (B, out_ch, H/2, W/2)."""
         p = (self.kernel.shape[0] - 2) + (self.conv.kernel_size[0] - 1)
         return self.conv(upfirdn2d(x, self.kernel, pad=((p + 1) // 2, p // 2)))
+
+
+class HalvingLevels:
+    """For networks whose resolution halves once per level after the first (`channel_mult` lists the
+    levels): the factor by which H and W must divide."""
+
+    channel_mult: tuple[int, ...]
+
+    @staticmethod
+    def downsampling(channel_mult: Sequence[int]) -> int:
+        """The factor by which a network of these widths downsamples (one halving per later level)."""
+        return 2 ** (len(channel_mult) - 1)
+
+    @property
+    def total_downsampling(self) -> int:
+        """H and W must be divisible by this factor."""
+        return self.downsampling(self.channel_mult)

@@ -34,7 +34,8 @@ class TrainContext(Protocol):
     def poll_preemption(self) -> str | None: ...
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
+    """One "warning: ..." line on stderr (the driver's and the workers' one format)."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -68,7 +69,7 @@ class LocalContext:
         a warning)."""
         by_name = {p.name: p for p in list_complete(self.checkpoint_root)}
         name = newest_intact(reversed(list(by_name)), lambda n: local_damage(by_name[n]), str(self.checkpoint_root),
-                             _warn)
+                             warn)
         return by_name[name] if name else None
 
     def begin_checkpoint(self, step: int) -> Path:

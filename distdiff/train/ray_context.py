@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.distributed as dist
 
 from distdiff.train import preemption
 from distdiff.train.checkpoint import COMPLETE_MARKER, local_damage, newest_intact, step_dir_name
+from distdiff.train.context import warn
 from distdiff.train.storage import Storage
 
 PREEMPT_KV_PREFIX = "distdiff-preempt:"  # + run id; set by the driver on SIGTERM / SIGUSR1
@@ -133,7 +133,7 @@ class RayContext:
 
     def _warn(self, message: str) -> None:
         if self.rank == 0:
-            print(f"warning: {message}", file=sys.stderr, flush=True)
+            warn(message)
 
     def _log_event(self, record: dict) -> None:
         if self.events is None:
