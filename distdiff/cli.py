@@ -65,6 +65,12 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     cfg = load_config(RunConfig, args.config, overrides)
     stage = {"train-vae": "vae", "train-ldm": "ldm", "pipeline": "all", "trilemma": "all"}[args.command]
     validate_run(cfg, stage)
+    from distdiff.train.backends import training_backend
+
+    try:
+        training_backend(cfg, "local" if args.local else "ray")  # the backend runs on this launcher
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     return cfg
 
 

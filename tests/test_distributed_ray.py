@@ -263,6 +263,32 @@ def test_bf16_training_on_cpu_runs_losses_fall_and_resumes(ray_cluster, seaweed,
     assert last < 0.95 * first, f"LDM loss did not fall in bf16: {first:.4f} -> {last:.4f}"
 
 
+def test_torch_backend_on_one_worker_trains_resumes_and_refuses_a_switch(ray_cluster, seaweed, bucket, tiny_vae,
+                                                                         tmp_path):
+    """`distributed.backend: torch` under Ray: one worker with plain PyTorch engines stops at step 8, the
+    resubmission resumes there; a resubmission with the DeepSpeed backend is refused before any worker
+    starts, naming the key."""
+    from distdiff.launchers.ray import train_ldm
+    from distdiff.train.checkpoint import CheckpointError
+
+    def config(*overrides):
+        return stage2_config(tmp_path, "torch-backend", tiny_vae, bucket, "distributed.num_workers=1", *overrides)
+
+    with cluster_env(ray_cluster, seaweed):
+        assert train_ldm(config("distributed.backend=torch", "stage2.steps=8"))["steps"] == 8
+        final = train_ldm(config("distributed.backend=torch"))
+        with pytest.raises(CheckpointError, match="distributed.backend"):
+            train_ldm(config("distributed.backend=deepspeed", f"stage2.steps={STEPS + 4}"))
+    assert final["steps"] == STEPS and not final["preempted"]
+    events = read_metrics(tmp_path / "torch-backend" / "ldm" / "events.jsonl")
+    assert [(e["event"], e["step"]) for e in events] == [("resume", 8)]
+    assert sorted(losses_by_step(tmp_path / "torch-backend")) == list(range(1, STEPS + 1))
+    client = seaweed.client()
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/torch-backend/ldm/checkpoints/")
+            .get("Contents", [])}
+    assert any(k.endswith(f"step-{STEPS:08d}/engines/unet/model.safetensors") for k in keys)
+
+
 def test_resubmitting_a_finished_run_whose_checkpoints_were_pruned(reference_run, ray_cluster, seaweed):
     """The same command again after the end (step 4 was pruned, Ray's own record still names it): it
     starts, finds the last checkpoint complete, trains nothing and leaves the weights as they were."""
@@ -282,7 +308,7 @@ def _losses_under_each_zero_stage(config: dict) -> None:
 
     from distdiff.config import from_dict
     from distdiff.launchers.ray import _build_plan
-    from distdiff.train.deepspeed_engines import destroy_engines
+    from distdiff.train.backends import training_backend
 
     rank, world_size = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     ctx = type("Ctx", (), {"rank": rank, "world_size": world_size, "device": torch.device("cpu")})()
@@ -290,7 +316,7 @@ def _losses_under_each_zero_stage(config: dict) -> None:
     for stage in (0, 1, 2, 3):
         cfg = from_dict(RunConfig, config["cfg"])
         cfg.distributed.zero_stage = stage
-        plan, _ = _build_plan(cfg, "ldm", ctx, frozenset())
+        plan, _ = _build_plan(cfg, "ldm", ctx, training_backend(cfg, "ray", world_size), frozenset())
         batches = iter(plan.stream)
         generator = torch.Generator().manual_seed(1000 + rank)
         torch.manual_seed(rank)
@@ -305,7 +331,7 @@ def _losses_under_each_zero_stage(config: dict) -> None:
         emas[stage] = {name: [sum(float(t.double().abs().sum()) for t in ema.state_dict().values()),
                               sum(float(t.double().square().sum()) for t in ema.state_dict().values())]
                        for name, ema in plan.emas.items()}
-        destroy_engines(plan.engines)
+        plan.engines.destroy()
     if rank == 0:
         Path(config["out"]).write_text(json.dumps({"losses": results, "emas": emas}))
 

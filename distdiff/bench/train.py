@@ -82,9 +82,10 @@ def _timed_loop(cfg: RunConfig, make_engine, steps: int, warmup: int, rank: int 
 def plain_pytorch_rate(cfg: RunConfig, steps: int, warmup: int, start_together=None) -> tuple[float, float]:
     """Steps per wall second and per CPU second of a bare loop: same networks and task, torch
     optimizers, batches already in memory. `start_together` is called once the warm-up is done."""
-    from distdiff.launchers.local import torch_engine_factory
+    from distdiff.train.backends import TorchBackend
 
-    return _timed_loop(cfg, torch_engine_factory, steps, warmup, start_together=start_together)
+    factory = TorchBackend().engine_factory(cfg, cfg.stage2.batch_size, frozenset())
+    return _timed_loop(cfg, factory, steps, warmup, start_together=start_together)
 
 
 def _spawned(target, processes: int, *args) -> list:

@@ -181,8 +181,11 @@ class EvalConfig:
 
 @dataclass
 class DistributedConfig:
-    """How Ray and DeepSpeed run the workers (ignored by --local runs)."""
+    """How Ray and the training backend run the workers (--local runs read only `backend`)."""
 
+    # "deepspeed" (ZeRO engines, any number of workers), "torch" (plain PyTorch, one process) or "auto":
+    # deepspeed under Ray, torch with --local (see distdiff/train/backends.py).
+    backend: Literal["auto", "deepspeed", "torch"] = "auto"
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1

@@ -11,16 +11,22 @@ from pathlib import Path
 from distdiff.config import RunConfig, dump_yaml
 from distdiff.launchers.evaluation import evaluate_run, local_paths, summary_table
 from distdiff.train import preemption
+from distdiff.train.backends import training_backend
+from distdiff.train.checkpoint import list_complete
 from distdiff.train.context import LocalContext, resolve_device
-from distdiff.train.engines import TorchEngine
 from distdiff.train.loop import run_stage
 from distdiff.train.stages import build_ldm_plan, build_vae_plan, export_stage2, export_vae, run_dir
 from distdiff.train.summary import time_samplers, write_summary
 
 
-def torch_engine_factory(name, module, optim_cfg, kind):
-    """Engines for single-process training."""
-    return TorchEngine(module, optim_cfg, kind)
+def engine_factory(cfg: RunConfig, ctx: LocalContext, batch_size: int):
+    """The engines of `distributed.backend` in this process, after checking that the checkpoint a
+    resume would load was written by that backend."""
+    backend = training_backend(cfg, "local", world_size=1)
+    complete = list_complete(ctx.checkpoint_root)
+    if complete:
+        backend.resume_conversions(complete[-1], 1, cfg)
+    return backend.engine_factory(cfg, batch_size, frozenset())
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
@@ -46,7 +52,7 @@ def train_vae(cfg: RunConfig) -> dict:
     """Stage 1 in this process; exports the VAE with its latent scale factor."""
     device = resolve_device(cfg.device)
     ctx = LocalContext(run_dir(cfg) / "vae", device, cfg.stage1.keep_checkpoints)
-    plan = build_vae_plan(cfg, ctx, torch_engine_factory)
+    plan = build_vae_plan(cfg, ctx, engine_factory(cfg, ctx, cfg.stage1.batch_size))
     final = _train_stage(ctx, plan)
     if final["preempted"]:
         return final  # a half-trained stage is never exported
@@ -59,7 +65,7 @@ def train_ldm(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
     """Stage 2 in this process; exports the networks and times the samplers."""
     device = resolve_device(cfg.device)
     ctx = LocalContext(run_dir(cfg) / "ldm", device, cfg.stage2.keep_checkpoints)
-    plan, sampler = build_ldm_plan(cfg, ctx, torch_engine_factory)
+    plan, sampler = build_ldm_plan(cfg, ctx, engine_factory(cfg, ctx, cfg.stage2.batch_size))
     final = _train_stage(ctx, plan)
     if final["preempted"]:
         return final  # a half-trained stage is never exported

@@ -17,8 +17,6 @@ import copy
 import json
 import os
 import signal
-import sys
-import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -85,35 +83,15 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
     return directory
 
 
-def _prepare_elastic_resume(checkpoints: Storage, cfg: RunConfig) -> None:
-    """Convert the newest complete checkpoint to universal form when this run's layout differs.
-
-    Only the small per-engine `deepspeed.json` files are read unless a conversion is needed, so an
-    ordinary resubmission costs a few requests.
-    """
+def _prepare_resume(checkpoints: Storage, cfg: RunConfig, backend) -> None:
+    """Let the training backend make the newest intact checkpoint loadable at this run's layout."""
     from distdiff.train.checkpoint import newest_intact
-    from distdiff.train.deepspeed_engines import ENGINE_META
-    from distdiff.train.universal import UNIVERSAL_MARKER, convert_checkpoint, engine_dirs, universal_engines
+    from distdiff.train.context import warn
 
     # The workers will pass over a damaged checkpoint (checking sizes and hashes); skip the same here.
-    name = newest_intact(reversed(checkpoints.complete_names()), checkpoints.checkpoint_damage, checkpoints.uri,
-                         lambda message: print(f"warning: {message}", file=sys.stderr, flush=True))
-    if name is None or checkpoints.exists(name, UNIVERSAL_MARKER):
-        return
-    engines = checkpoints.child(name, "engines")
-    metas = {e: json.loads(engines.read_text(e, ENGINE_META)) for e in engines.list_dirs()}
-    if not universal_engines(metas, cfg.distributed.num_workers, cfg.distributed, cfg.precision == "bf16"):
-        return
-    print(f"converting {checkpoints.uri}/{name} to a universal checkpoint for "
-          f"{cfg.distributed.num_workers} worker(s)", flush=True)
-    with tempfile.TemporaryDirectory(prefix="distdiff-universal-") as tmp:
-        local = checkpoints.download(name, Path(tmp) / name, skip=("universal",))
-        convert_checkpoint(local)
-        for directory in engine_dirs(local):
-            if (directory / "universal").is_dir():
-                checkpoints.upload(directory / "universal", f"{name}/engines/{directory.name}/universal")
-    # The marker goes last: a crash mid-upload leaves a conversion that is simply redone.
-    checkpoints.write_text("converted\n", name, UNIVERSAL_MARKER)
+    name = newest_intact(reversed(checkpoints.complete_names()), checkpoints.checkpoint_damage, checkpoints.uri, warn)
+    if name is not None:
+        backend.prepare_resume(checkpoints, name, cfg.distributed.num_workers, cfg)
 
 
 class _SignalForwarder:
@@ -158,13 +136,15 @@ def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from distdiff.launchers.ray_cluster import connect, worker_env
+    from distdiff.train.backends import training_backend
 
     cfg = _absolute(cfg)
+    backend = training_backend(cfg, "ray")
     storage = preflight(cfg)
     needed = cfg.distributed.num_workers * cfg.distributed.cpus_per_worker
     connect(num_cpus_local=max(os.cpu_count() or 1, needed), dashboard=True)
     checkpoints = storage.child(cfg.name, stage, "checkpoints")
-    _prepare_elastic_resume(checkpoints, cfg)
+    _prepare_resume(checkpoints, cfg, backend)
     outputs = storage.child(cfg.name, stage)
     # Records of an earlier submission of this run: its final metrics, failure and Ray's checkpoint list.
     outputs.remove_file(FINAL_METRICS)
@@ -265,14 +245,13 @@ def _fetch_vae(cfg: RunConfig, storage: Storage, ctx) -> None:
     ctx.barrier()
 
 
-def _build_plan(cfg: RunConfig, stage: str, ctx, universal: frozenset):
+def _build_plan(cfg: RunConfig, stage: str, ctx, backend, convert: frozenset):
     import torch
 
-    from distdiff.train.deepspeed_engines import deepspeed_engine_factory
     from distdiff.train.stages import build_ldm_plan, build_vae_plan
 
     batch = cfg.stage1.batch_size if stage == "vae" else cfg.stage2.batch_size
-    factory = deepspeed_engine_factory(cfg.distributed, cfg.precision, batch, universal)
+    factory = backend.engine_factory(cfg, batch, convert)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (ZeRO-3 shards them as they are)
     if stage == "vae":
         return build_vae_plan(cfg, ctx, factory), None
@@ -335,11 +314,9 @@ def _train_stage(cfg: RunConfig, stage: str, storage: Storage, config: dict) -> 
     import ray.train
     import torch
 
-    from distdiff.train.checkpoint import CheckpointError
-    from distdiff.train.deepspeed_engines import destroy_engines
+    from distdiff.train.backends import training_backend
     from distdiff.train.loop import run_stage
     from distdiff.train.ray_context import RayContext
-    from distdiff.train.universal import engines_needing_universal, has_universal
 
     torch.set_num_threads(cfg.distributed.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.distributed.use_gpu else torch.device("cpu")
@@ -347,17 +324,12 @@ def _train_stage(cfg: RunConfig, stage: str, storage: Storage, config: dict) -> 
     ctx = RayContext(storage.child(cfg.name, stage, "checkpoints"), device, stage_cfg.keep_checkpoints,
                      config["run_id"], _stage_outputs(cfg, stage, storage), events=run_dir(cfg) / stage / "events.jsonl",
                      drain_poll_every=stage_cfg.log_every)
+    backend = training_backend(cfg, "ray", ctx.world_size)
     resume = ctx.resolve_resume()
-    universal = frozenset()
-    if resume is not None:
-        universal = engines_needing_universal(resume, ctx.world_size, cfg.distributed,
-                                              cfg.precision == "bf16")
-        if universal and not has_universal(resume):
-            raise CheckpointError(f"{resume.name} needs a universal conversion for {ctx.world_size} workers; "
-                                  "the launcher converts it before the workers start")
+    convert = frozenset() if resume is None else backend.resume_conversions(resume, ctx.world_size, cfg)
     if stage == "ldm":
         _fetch_vae(cfg, storage, ctx)
-    plan, sampler = _build_plan(cfg, stage, ctx, universal)
+    plan, sampler = _build_plan(cfg, stage, ctx, backend, convert)
     try:
         with ctx.worker_signals():
             final = run_stage(ctx, plan)
@@ -367,7 +339,7 @@ def _train_stage(cfg: RunConfig, stage: str, storage: Storage, config: dict) -> 
             ctx.sync_outputs()
             storage.child(cfg.name, stage).write_text(json.dumps(final, indent=1), FINAL_METRICS)
     finally:
-        destroy_engines(plan.engines)
+        plan.engines.destroy()
         ctx.close()
 
 

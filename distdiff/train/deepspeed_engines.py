@@ -334,9 +334,3 @@ def deepspeed_engine_factory(dist: DistributedConfig, precision: str, micro_batc
         return DeepSpeedEngine(module, config, lr_factor(optim) if optim.schedule == "cosine" else None)
 
     return make
-
-
-def destroy_engines(engines) -> None:
-    """Destroy every engine of an EngineSet (call before destroying the process group)."""
-    for _, engine in engines.items():
-        engine.destroy()

@@ -161,5 +161,10 @@ class EngineSet:
     def items(self):
         return self.engines.items()
 
+    def destroy(self) -> None:
+        """Release every engine (before the process group goes)."""
+        for engine in self.engines.values():
+            engine.destroy()
+
     def __getitem__(self, name: str) -> Engine:
         return self.engines[name]
