@@ -4,7 +4,7 @@
    the same architecture (forward + backward + AdamW step, batch 16, 32x32x3). Needs the `bench`
    extra (`pip install -e '.[bench]'`); skipped with a note when diffusers is missing.
 2. Sampling seconds per image of DDPM-1000, DDIM-50 and DDGAN-4 on 8x8x4 latents with the trilemma
-   study's networks (a U-Net and a DDGAN generator of comparable size; both parameter counts are
+   study's networks (a U-Net and a DDGAN generator of one size, 1.27 M and 1.26 M; both counts are
    printed), and their ratios against DDPM-1000. Denoising only: a decoder would add the same
    time to each.
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sample-batch", type=int, default=250, help="images per sampler call")
-    parser.add_argument("--unet-preset", default="small", help="U-Net of the sampling comparison")
+    parser.add_argument("--unet-preset", default="trilemma", help="U-Net of the sampling comparison")
     parser.add_argument("--ddgan-preset", default="trilemma", help="DDGAN generator of the sampling comparison")
     parser.add_argument("--skip-unet", action="store_true")
     args = parser.parse_args()
