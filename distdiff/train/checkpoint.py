@@ -16,10 +16,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from distdiff.train.engines import EngineSet
 
 COMPLETE_MARKER = "COMPLETE"
 MANIFEST_DIR = "manifest"
@@ -82,7 +85,7 @@ def restore_rng(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def write_checkpoint(directory: Path, engines, emas: dict, state: TrainState, generator, rank: int,
+def write_checkpoint(directory: Path, engines: EngineSet, emas: dict, state: TrainState, generator, rank: int,
                      config_yaml: str | None = None) -> None:
     """Write this rank's part of a checkpoint into `directory` (engines save collectively)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -202,7 +205,7 @@ def _require(path: Path, checkpoint: Path) -> Path:
     return path
 
 
-def read_checkpoint(directory: Path, engines, emas: dict, generator, rank: int) -> TrainState:
+def read_checkpoint(directory: Path, engines: EngineSet, emas: dict, generator, rank: int) -> TrainState:
     """Restore engines, EMAs and RNG from `directory`; returns the counters.
 
     Raises:
