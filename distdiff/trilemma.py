@@ -118,7 +118,8 @@ def study_markdown(study: dict) -> str:
         met = {True: "yes", False: "no", None: "-"}[check["met"]]
         lines.append(f"| {check['what']} | {_fmt(check['value'])} | {check['target']} | {met} |")
     lines += ["", "Seconds per image: the whole draw (every network evaluation and the VAE decode) at batch "
-                  f"{results['batch_size']}, summed over workers. Wall time of the study: "
+                  f"{results['batch_size']}, after one untimed warm-up call, summed over workers. Wall time of "
+                  "the study: "
                   f"{study['wall_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 

@@ -10,19 +10,26 @@ import torch
 from distdiff.eval.sources import sample_seed
 
 
+def _timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _rates(fn, count: int, repeats: int) -> tuple[float, float]:
+    """Items per second of `fn()` (which handles `count` items): its first call, and the best of
+    `repeats` calls after it."""
+    first = _timed(fn)
+    return count / first, count / min(_timed(fn) for _ in range(repeats))
+
+
 def _rate(fn, count: int, repeats: int) -> float:
     """Items per second of `fn()` (which handles `count` items), best of `repeats` after one warm-up."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+    return _rates(fn, count, repeats)[1]
 
 
 def bench_extractor(extractor, image_shape=(3, 32, 32), num_images: int = 32, repeats: int = 2) -> float:
@@ -41,20 +48,25 @@ def bench_extractor(extractor, image_shape=(3, 32, 32), num_images: int = 32, re
     return _rate(lambda: extractor(images), num_images, repeats)
 
 
-def bench_sources(sources, batch_size: int = 16, repeats: int = 2) -> dict[str, float]:
-    """Samples per second of each sample source (generation and decoding, one batch per call).
+def bench_sources(sources, batch_size: int = 16, repeats: int = 2) -> dict[str, dict[str, float]]:
+    """Samples per second of each sample source (generation and decoding, one batch per call), on its
+    first call (kernels for the shape prepared on the way) and at its best after that.
 
     Args:
         sources: sample sources (see `distdiff.eval.sources`).
         batch_size: samples per call.
-        repeats: timed calls (the best counts).
+        repeats: timed calls after the first (the best counts).
 
     Returns:
-        {source key: samples per second}.
+        {source key: {"first_call": samples/s, "warm": samples/s, "first_call_seconds_over_warm": ratio}}.
     """
     indices = list(range(batch_size))
     seeds = [sample_seed(0, i) for i in indices]
-    return {s.key: _rate(lambda s=s: s.generate(indices, seeds), batch_size, repeats) for s in sources}
+    rates = {}
+    for s in sources:
+        first, warm = _rates(lambda s=s: s.generate(indices, seeds), batch_size, repeats)
+        rates[s.key] = {"first_call": first, "warm": warm, "first_call_seconds_over_warm": warm / first}
+    return rates
 
 
 def bench_inception_layouts(inception, num_images: int = 32, repeats: int = 2) -> dict[str, dict]:
@@ -79,7 +91,7 @@ def bench_inception_layouts(inception, num_images: int = 32, repeats: int = 2) -
 
 def run_benchmark(checkpoint: str | None = None, device: str = "cpu", inception_images: int = 32,
                   batch_size: int = 16, ddim_steps: int = 50, include_ddpm: bool = False,
-                  inception_weights: str | None = None, repeats: int = 2) -> dict:
+                  inception_weights: str | None = None, repeats: int = 2, features: bool = True) -> dict:
     """Measure Inception features/s, FD-MNIST features/s and each sampler's samples/s.
 
     Args:
@@ -91,6 +103,7 @@ def run_benchmark(checkpoint: str | None = None, device: str = "cpu", inception_
         include_ddpm: also time full DDPM sampling (T steps: slow).
         inception_weights: Inception weights source (default search).
         repeats: timed calls per measurement.
+        features: also time the feature extractors (Inception: minutes on a CPU).
 
     Returns:
         a dict of measurements.
@@ -102,13 +115,15 @@ def run_benchmark(checkpoint: str | None = None, device: str = "cpu", inception_
     from distdiff.testing.toy import write_tiny_export
 
     results = {"device": device, "torch_threads": torch.get_num_threads(), "batch_size": batch_size}
-    inception = InceptionFeatures(inception_weights, device)
-    results["inception_batch_size"] = inception.batch_size
-    results["inception_features_per_s"] = bench_extractor(inception, (3, 32, 32), inception_images, repeats)
-    results["inception_features_per_s_299"] = bench_extractor(inception, (3, 299, 299), inception_images, repeats)
-    results["inception_layouts"] = bench_inception_layouts(inception, inception_images, repeats)
-    fd_mnist = MnistClassifierFeatures(MnistClassifier(), channels=3, device=device)
-    results["fd_mnist_features_per_s"] = bench_extractor(fd_mnist, (3, 32, 32), 512, repeats)
+    if features:
+        inception = InceptionFeatures(inception_weights, device)
+        results["inception_batch_size"] = inception.batch_size
+        results["inception_features_per_s"] = bench_extractor(inception, (3, 32, 32), inception_images, repeats)
+        results["inception_features_per_s_299"] = bench_extractor(inception, (3, 299, 299), inception_images,
+                                                                  repeats)
+        results["inception_layouts"] = bench_inception_layouts(inception, inception_images, repeats)
+        fd_mnist = MnistClassifierFeatures(MnistClassifier(), channels=3, device=device)
+        results["fd_mnist_features_per_s"] = bench_extractor(fd_mnist, (3, 32, 32), 512, repeats)
     with tempfile.TemporaryDirectory() as tmp:
         path = checkpoint or str(write_tiny_export(tmp, image_shape=(1, 32, 32), space="latent", ldm_steps=1000,
                                                    ddgan_steps=4))

@@ -77,8 +77,12 @@ def generated_batches(source, num_samples: int, rank: int, world_size: int, batc
     """This rank's generated images: (indices (B,), uint8 (B, C, H, W), seconds spent generating).
 
     Batch j of the global index range goes to rank j mod world_size; sample i is drawn from
-    `sample_seed(base_seed, i)` alone, so the images do not depend on the split.
+    `sample_seed(base_seed, i)` alone, so the images do not depend on the split. A source with a
+    `warm_up` method gets one untimed call at the batch size first, so that the seconds measure its
+    steady speed (kernel preparation on first use would otherwise weigh on few-step samplers alone).
     """
+    if hasattr(source, "warm_up"):
+        source.warm_up(batch_size)
     for idx in rank_batches_of(num_samples, rank, world_size, batch_size):
         indices = list(idx)
         start = time.perf_counter()

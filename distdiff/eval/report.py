@@ -53,8 +53,8 @@ def results_markdown(results: dict) -> str:
     lines.append("")
     lines.append(f"Precision/recall: k = {results.get('pr_k')} nearest neighbours on "
                  f"{results.get('pr_samples')} samples per set. Seconds per image: generation only "
-                 f"(denoiser steps and decoding), summed over {results['world_size']} worker(s), batch "
-                 f"{results['batch_size']}, device {results['device']}.")
+                 "(denoiser steps and decoding, after one untimed warm-up call), summed over "
+                 f"{results['world_size']} worker(s), batch {results['batch_size']}, device {results['device']}.")
     if any(row.get("modes") is not None for row in results["models"]):
         num_modes = next(row.get("num_modes") for row in results["models"] if row.get("modes") is not None)
         lines += ["", f"| Model | Modes (of {num_modes})↑ | KL↓ |", "|---|---|---|"]

@@ -4,8 +4,9 @@ A source has `key` (short, file-name safe), `label` (the table's model column), 
 evaluations per sample of the denoiser, the VAE decode not counted), `parameters` (of the sampling
 network, or None), `image_shape` (C, H, W) and
 `generate(indices, seeds) -> (B, C, H, W) in [-1, 1]`, where sample `indices[j]` must depend only
-on `seeds[j]` (per-sample generators), never on the batch it was drawn in. Tests plug in synthetic
-sources with the same members.
+on `seeds[j]` (per-sample generators), never on the batch it was drawn in, and optionally
+`warm_up(batch_size)`, called once before the timed batches. Tests plug in synthetic sources with the
+same members.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class ModelSource:
         self.key, self.label = sampler_key(model, settings), sampler_label(model, settings)
         self.parameters = model.parameters
         self.model_name, self.sampler_name = model.name, settings.name
+
+    def warm_up(self, batch_size: int) -> None:
+        """Prepare the kernels for batches of this size (see `Stage2Sampler.warm_up`), untimed."""
+        self.sampler.warm_up(self.model, batch_size)
 
     def generate(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
         # Class-conditional models: balanced labels that are a function of the index alone.

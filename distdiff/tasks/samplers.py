@@ -177,6 +177,25 @@ class Stage2Sampler:
         return torch.as_tensor(list(indices), device=device) % self.spec.num_classes
 
     @torch.no_grad()
+    def warm_up(self, model: ModelSpec, batch_size: int) -> None:
+        """One denoiser call and one decode at the shape of a batch, results discarded.
+
+        oneDNN (and cuDNN) prepare their kernels for each new input shape on first use: a cost that a
+        4-step sampler would carry almost in full in a timed batch and a 1000-step one spreads thin.
+        Timing after this compares the samplers' steady speed.
+        """
+        net = self.networks[model.name]
+        device = next(net.parameters()).device
+        call, kwargs = self._model_call(model, net, self.class_labels(range(batch_size)))
+        x = torch.zeros((batch_size, *self.spec.latent_shape), device=device)  # (B, c, h, w)
+        t = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        if model.kind == "ddgan":
+            call(x, t, torch.zeros(batch_size, model.nz, device=device))
+        else:
+            call(x, t, **kwargs)
+        self.decoder.decode(x)
+
+    @torch.no_grad()
     def sample(self, model: ModelSpec, settings: SamplerSpec, seeds: Sequence[int],
                labels: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1], one per seed.

@@ -23,12 +23,14 @@ def time_samplers(sampler: Stage2Sampler, n: int, out_dir: Path) -> dict:
     """Seconds per image, NFE and parameters of every default sampler on `n` images; saves their grids
     and one comparison sheet with every sampler side by side.
 
-    Seconds per image cover the whole draw: every network evaluation and the VAE decode.
+    Seconds per image cover the whole draw: every network evaluation and the VAE decode, after one
+    untimed warm-up call of the network and the decoder at the same batch size.
     """
     seeds, labels = grid_seeds(n), sampler.class_labels(range(n))
     results, panels = {}, {}
     for model, settings in sampler.default_samplers():
         key, label = sampler_key(model, settings), sampler_label(model, settings)
+        sampler.warm_up(model, n)  # untimed: kernels for this shape are prepared on first use
         images, spi = _timed(lambda: sampler.sample(model, settings, seeds, labels, progress=True), n)
         results[key] = {"label": label, "seconds_per_image": spi, "nfe": sampler_nfe(model, settings),
                         "parameters": model.parameters}
