@@ -54,7 +54,7 @@ def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
             make = deepspeed_engine_factory(DistributedConfig(zero_stage=stage), "fp32", half)
             engine = make("unet", _network(), OPTIM, "adam")
             _train(engine, mine)
-            weights = engine.full_state_dict()  # gathered from the shards under ZeRO-3
+            weights = engine.consolidate()  # every rank: gathers the shards under ZeRO-3
             if rank == 0:
                 torch.save({k: v.detach().cpu().clone() for k, v in weights.items()}, f"{out_dir}/zero{stage}.pt")
             engine.destroy()
