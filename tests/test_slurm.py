@@ -26,7 +26,7 @@ from distdiff.testing.slurm import SlurmCluster, missing_programs
 from distdiff.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 300
+STEPS = 40  # at 2 s per step (a metrics report each step) long enough for the signal to arrive mid-run
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("DISTDIFF_SLURM_TEST") != "1", reason="opt-in: set DISTDIFF_SLURM_TEST=1"),
