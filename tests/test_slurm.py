@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from distdiff.cli import PREEMPTED_EXIT
-from distdiff.testing.slurm import SlurmCluster, missing_programs
+from distdiff.testing.slurm import SlurmCluster, free_port, missing_programs
 from distdiff.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +41,6 @@ def slurm(tmp_path_factory):
     cluster.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_for_step(metrics: Path, step: int, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,7 +56,7 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 def test_batch_script_checkpoints_on_the_time_limit_signal_and_the_requeued_job_resumes(slurm, tmp_path):
     # The job inherits this environment (sbatch passes it on): the Python that runs the tests and its `ray`.
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_PORT": str(_free_port())}
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_PORT": str(free_port())}
     storage = tmp_path / "storage"
     submitted = slurm.run(
         "sbatch", "--parsable", "--nodes=1", f"--output={tmp_path}/slurm-%j.out", "--open-mode=append",

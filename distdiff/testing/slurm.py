@@ -16,19 +16,20 @@ import subprocess
 import time
 from pathlib import Path
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")  # daemons and clients
 
 
 def missing_programs() -> list[str]:
     """The Slurm and munge programs not on PATH (or in /usr/sbin)."""
-    return [name for name in DAEMONS if not (shutil.which(name) or Path("/usr/sbin", name).is_file())]
+    return [name for name in PROGRAMS if not (shutil.which(name) or Path("/usr/sbin", name).is_file())]
 
 
 def _program(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -66,7 +67,7 @@ class SlurmCluster:
         self.conf.write_text("\n".join([
             "ClusterName=distdiff-test",
             f"SlurmctldHost={self.node}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
             "SlurmUser=root", "SlurmdUser=root",
             "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={self.munge_socket}",
             f"StateSaveLocation={self.root / 'state'}", f"SlurmdSpoolDir={self.root / 'spool'}",

@@ -53,7 +53,7 @@ class TrainingBackend(Protocol):
         """On a worker, for its local copy of the checkpoint: the engines to restore from a conversion."""
 
 
-def check_written_by(backend: TrainingBackend, checkpoint: str, marked: dict[str, bool]) -> None:
+def _refuse_foreign(backend: TrainingBackend, checkpoint: str, marked: dict[str, bool]) -> None:
     """Refuse a checkpoint another backend wrote.
 
     Args:
@@ -68,6 +68,20 @@ def check_written_by(backend: TrainingBackend, checkpoint: str, marked: dict[str
         raise CheckpointError(
             f"{checkpoint}: engine(s) {', '.join(foreign)} were not written by the {backend.name!r} training "
             f"backend (no {backend.engine_marker}); resume with the distributed.backend that wrote them")
+
+
+def check_stored(backend: TrainingBackend, checkpoints: Storage, name: str) -> list[str]:
+    """`_refuse_foreign` for checkpoint `name` in storage; returns its engine names."""
+    engines = checkpoints.child(name, "engines")
+    names = engines.list_dirs()
+    _refuse_foreign(backend, f"{checkpoints.uri}/{name}", {e: engines.exists(e, backend.engine_marker) for e in names})
+    return names
+
+
+def check_local(backend: TrainingBackend, checkpoint: Path) -> None:
+    """`_refuse_foreign` for a local checkpoint folder."""
+    _refuse_foreign(backend, checkpoint.name, {d.name: (d / backend.engine_marker).is_file()
+                                               for d in engine_dirs(checkpoint)})
 
 
 class DeepSpeedBackend:
@@ -89,9 +103,7 @@ class DeepSpeedBackend:
         if checkpoints.exists(name, UNIVERSAL_MARKER):
             return
         engines = checkpoints.child(name, "engines")
-        names = engines.list_dirs()
-        check_written_by(self, f"{checkpoints.uri}/{name}", {e: engines.exists(e, self.engine_marker) for e in names})
-        metas = {e: json.loads(engines.read_text(e, self.engine_marker)) for e in names}
+        metas = {e: json.loads(engines.read_text(e, self.engine_marker)) for e in check_stored(self, checkpoints, name)}
         if not universal_engines(metas, world_size, cfg.distributed, cfg.precision == "bf16"):
             return
         print(f"converting {checkpoints.uri}/{name} to a universal checkpoint for {world_size} worker(s)",
@@ -106,8 +118,7 @@ class DeepSpeedBackend:
         checkpoints.write_text("converted\n", name, UNIVERSAL_MARKER)
 
     def resume_conversions(self, checkpoint: Path, world_size: int, cfg: RunConfig) -> frozenset[str]:
-        check_written_by(self, checkpoint.name, {d.name: (d / self.engine_marker).is_file()
-                                                 for d in engine_dirs(checkpoint)})
+        check_local(self, checkpoint)
         convert = engines_needing_universal(checkpoint, world_size, cfg.distributed, cfg.precision == "bf16")
         if convert and not has_universal(checkpoint):
             raise CheckpointError(f"{checkpoint.name} needs a universal conversion for {world_size} workers; "
@@ -128,13 +139,10 @@ class TorchBackend:
         return lambda name, module, optim, kind: TorchEngine(module, optim, kind)
 
     def prepare_resume(self, checkpoints: Storage, name: str, world_size: int, cfg: RunConfig) -> None:
-        engines = checkpoints.child(name, "engines")
-        check_written_by(self, f"{checkpoints.uri}/{name}",
-                         {e: engines.exists(e, self.engine_marker) for e in engines.list_dirs()})
+        check_stored(self, checkpoints, name)
 
     def resume_conversions(self, checkpoint: Path, world_size: int, cfg: RunConfig) -> frozenset[str]:
-        check_written_by(self, checkpoint.name, {d.name: (d / self.engine_marker).is_file()
-                                                 for d in engine_dirs(checkpoint)})
+        check_local(self, checkpoint)
         return frozenset()
 
 
