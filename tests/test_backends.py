@@ -3,14 +3,17 @@ refuses before any worker starts, and checkpoints another backend wrote."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from distdiff.cli import main
 from distdiff.config import RunConfig, load_config
 from distdiff.train.backends import DeepSpeedBackend, TorchBackend, training_backend
 from distdiff.train.checkpoint import CheckpointError
+from distdiff.train.engines import TorchEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +62,42 @@ def test_a_checkpoint_of_another_backend_is_refused_naming_its_engines(tmp_path)
     deepspeed_written = _checkpoint(tmp_path / "step-00000008", {"unet": "deepspeed.json"})
     with pytest.raises(CheckpointError, match=r"step-00000008: engine\(s\) unet .*no model.safetensors"):
         TorchBackend().resume_conversions(deepspeed_written, 1, cfg)
+
+
+class _ShardedEngine(TorchEngine):
+    """A TorchEngine whose module shows its true weights only inside `full_weights`, as ZeRO-3's does."""
+
+    partitioned = True
+
+    def __init__(self, module, cfg):
+        super().__init__(module, cfg)
+        self.true = {k: v.clone() for k, v in module.state_dict().items()}
+        with torch.no_grad():
+            for p in module.parameters():
+                p.zero_()  # what a rank holds outside the block: no full network
+
+    @contextlib.contextmanager
+    def full_weights(self):
+        shards = {k: v.clone() for k, v in self.module.state_dict().items()}
+        self.module.load_state_dict(self.true)
+        yield
+        self.module.load_state_dict(shards)
+
+
+def test_ema_reads_weights_through_the_engine_seam():
+    from distdiff.config import OptimConfig
+    from distdiff.models import build_model
+    from distdiff.train.ema import EMA
+
+    torch.manual_seed(0)
+    net = build_model("unet", "tiny")
+    engine = _ShardedEngine(net, OptimConfig())
+    ema = EMA(engine, decay=0.5)
+    built = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    assert all(built[k].equal(v) for k, v in engine.true.items()), "the EMA starts from the full weights"
+    engine.true = {k: v + 1.0 if v.is_floating_point() else v for k, v in engine.true.items()}
+    ema.update(engine)  # first decay min(0.5, 1/10) = 0.1: 90 % of the way to the new weights
+    moved = ema.model.state_dict()
+    for k, v in built.items():
+        if v.is_floating_point() and k in dict(net.named_parameters()):
+            assert torch.allclose(moved[k], v + 0.9, atol=1e-6), k

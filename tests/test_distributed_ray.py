@@ -324,7 +324,7 @@ def _losses_under_each_zero_stage(config: dict) -> None:
         for step in range(3):
             results[stage].append(plan.step_fn(next(batches), plan.engines, step, generator))
             for name, ema in plan.emas.items():
-                ema.update(plan.engines[name].module)  # gathers partitioned weights under ZeRO-3
+                ema.update(plan.engines[name])  # gathers partitioned weights under ZeRO-3
         # Each EMA network by the sum of absolute values and the sum of squares of all its weights
         # (float64). Single tensors are no test: a bias with gradients near zero moves by Adam's eps
         # and differs by percents between runs that round differently.

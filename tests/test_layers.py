@@ -15,23 +15,25 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "distdiff"
 
 # What each part of distdiff may import besides itself ("*": any part of the library).
-LIBRARY = {"launchers", "train", "eval", "data", "tasks", "models", "diffusion", "losses", "nn", "config", "images"}
+LIBRARY = {"launchers", "train", "eval", "data", "tasks", "models", "diffusion", "losses", "nn", "config", "images",
+           "console"}
 ALLOWED = {
     "cli": LIBRARY | {"trilemma", "make_shards"},  # the command line and the entry modules it runs
     "trilemma": LIBRARY,
     "make_shards": LIBRARY,
     "launchers": {"train", "eval", "data", "tasks", "models", "diffusion", "config", "nn", "losses", "images",
-                  "distdiff"},
-    "train": {"tasks", "data", "models", "diffusion", "losses", "config", "nn", "images"},
-    "eval": {"tasks", "data", "models", "diffusion", "config", "nn", "images"},
+                  "console", "distdiff"},
+    "train": {"tasks", "data", "models", "diffusion", "losses", "config", "nn", "images", "console"},
+    "eval": {"tasks", "data", "models", "diffusion", "config", "nn", "images", "console"},
     "tasks": {"models", "diffusion", "losses", "nn", "config"},
     "data": {"config"},
     "models": {"nn"},
-    "diffusion": set(),
+    "diffusion": {"console"},  # progress bars of the samplers (tqdm, imported on use)
     "losses": set(),
     "nn": set(),
     "config": set(),
     "images": set(),
+    "console": set(),
     "distdiff": set(),  # the package's own __init__
     # Scaffolding: benchmarks and test servers may use anything; nothing in the library uses them.
     "bench": LIBRARY | {"testing"},

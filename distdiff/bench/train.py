@@ -60,7 +60,7 @@ def _timed_loop(cfg: RunConfig, make_engine, steps: int, warmup: int, rank: int 
     setup = build_stage2(cfg, LatentSource(None), (1, 32, 32), (1, 32, 32), None)
     engines = EngineSet({name: make_engine(name, net.module, net.optim, net.optimizer)
                          for name, net in setup.networks.items()})
-    emas = {name: EMA(engines[name].module, net.ema_decay)
+    emas = {name: EMA(engines[name], net.ema_decay)
             for name, net in setup.networks.items() if net.ema_decay is not None}
     task = setup.task
     stream = iter(build_source_stream(DataConfig(source="embedded-mnist"), cfg.stage2.batch_size, rank,
@@ -75,7 +75,7 @@ def _timed_loop(cfg: RunConfig, make_engine, steps: int, warmup: int, rank: int 
             start, cpu_start = time.perf_counter(), time.process_time()
         task.step(batches[step % len(batches)], engines, step, generator)
         for name, ema in emas.items():
-            ema.update(engines[name].module)
+            ema.update(engines[name])
     return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu_start)
 
 

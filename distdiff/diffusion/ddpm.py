@@ -141,12 +141,9 @@ def ddpm_step(
 def _progress(iterable, enabled: bool, desc: str):
     if not enabled:
         return iterable
-    import sys
+    from distdiff.console import progress_bar
 
-    from tqdm.auto import tqdm  # imported lazily: the diffusion package needs only torch
-
-    # Redrawn in place on a terminal; in a log (a Ray worker's, say) one line every 30 s at most.
-    return tqdm(iterable, desc=desc, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    return progress_bar(iterable, desc=desc)
 
 
 def _initial_noise(shape, generator, device, dtype, x_T):

@@ -114,10 +114,10 @@ def accumulate(batches, extractor, image_shape: Sequence[int], pr_count: int, gr
     Returns:
         this worker's (not yet reduced) accumulator.
     """
-    from tqdm import tqdm
+    from distdiff.console import progress_bar
 
     acc = Accumulator.empty(extractor.feature_dim, image_shape, pr_count, grid_count, classifier is not None, device)
-    bar = tqdm(total=total, desc=progress, unit="img", disable=progress is None, mininterval=2.0, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=progress, unit="img", disable=progress is None)
     for indices, images, gen_seconds in batches:
         start = time.perf_counter()
         features = extractor(images)  # (B, D), on the extractor's device

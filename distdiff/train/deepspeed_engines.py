@@ -209,6 +209,14 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
+    @property
+    def partitioned(self) -> bool:
+        return is_partitioned(self.engine.module)
+
+    def full_weights(self):
+        """`gathered_parameters` of the module: a collective under ZeRO-3, else a no-op."""
+        return gathered_parameters(self.engine.module)
+
     def backward_step(self, loss: torch.Tensor) -> dict[str, float]:
         """Backward (scaled for gradient accumulation), clip, optimizer + LR step, zero grads."""
         self.engine.backward(loss)

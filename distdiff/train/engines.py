@@ -7,6 +7,7 @@ it; another backend (FSDP, say) is one more class with these members.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -59,6 +60,14 @@ class Engine(Protocol):
     @property
     def lr(self) -> float: ...
 
+    @property
+    def partitioned(self) -> bool:
+        """True when ranks hold only shards of the weights (ZeRO-3): `module` is then no full network."""
+
+    def full_weights(self) -> contextlib.AbstractContextManager:
+        """A block inside which `module` holds its full weights on every rank (a collective where
+        `partitioned`; changes made inside are discarded there)."""
+
     def backward_step(self, loss: torch.Tensor) -> dict[str, float]:
         """Backward pass and optimizer step; returns statistics such as lr and grad_norm."""
 
@@ -99,6 +108,11 @@ class TorchEngine:
         return self.module
 
     collective_forward = False  # one process: nothing to wait for
+    partitioned = False
+
+    def full_weights(self) -> contextlib.AbstractContextManager:
+        """Nothing to gather: the module is whole."""
+        return contextlib.nullcontext()
 
     @property
     def lr(self) -> float:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm import tqdm
 
 from distdiff.config import StageConfig
+from distdiff.console import progress_bar
 from distdiff.images import save_grid
 from distdiff.tasks import NonFiniteLossError
 from distdiff.train import preemption
@@ -28,7 +27,6 @@ from distdiff.train.engines import EngineSet
 from distdiff.train.metrics import MetricsLogger
 
 StepFn = Callable[[dict, Any, int, torch.Generator], dict]
-PROGRESS_LOG_S = 30.0  # progress lines in a log (not a terminal): at most one per this many seconds
 
 
 @dataclass
@@ -182,10 +180,7 @@ def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
     global_batch = plan.stage.batch_size * ctx.world_size
     meter, overall = _Throughput(), _Throughput()
     batches = iter(plan.stream)
-    # On a terminal the bar redraws in place; in a log (Ray forwards each redraw as a new line) it is
-    # written at most every PROGRESS_LOG_S seconds.
-    bar = tqdm(total=plan.stage.steps, initial=state.step, desc=plan.name, disable=ctx.rank != 0,
-               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else PROGRESS_LOG_S)
+    bar = progress_bar(total=plan.stage.steps, initial=state.step, desc=plan.name, disable=ctx.rank != 0)
     metrics: dict = dict(state.metrics)
     preempted = False
     tally = _DataTally(generator)
@@ -205,7 +200,7 @@ def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
                 f"the latest good checkpoint stays {latest or '(none yet)'}"
             ) from None
         for name, ema in plan.emas.items():
-            ema.update(plan.engines[name].module)
+            ema.update(plan.engines[name])
         state.step += 1
         state.samples_seen += global_batch
         dt = time.perf_counter() - t0

@@ -133,7 +133,7 @@ def build_ldm_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> tuple[Sta
                          on_member=lambda name: torch.manual_seed(cfg.seed + 1 + MEMBERS.index(name)))
     engines = EngineSet({name: make_engine(name, net.module.to(ctx.device), net.optim, net.optimizer)
                          for name, net in setup.networks.items()})
-    emas = {name: EMA(engines[name].module, net.ema_decay)
+    emas = {name: EMA(engines[name], net.ema_decay)
             for name, net in setup.networks.items() if net.ema_decay is not None}
     sampler = Stage2Sampler(setup.spec, latents,
                             {name: emas[m.sampling_network].model for name, m in setup.members.items()})
