@@ -45,6 +45,13 @@ def test_frechet_matches_scipy_reference_and_torchmetrics():
     assert frechet_distance_torchmetrics(sa, sb) == pytest.approx(expected, rel=1e-6)
 
 
+def test_frechet_with_fewer_samples_than_dimensions_matches_scipy_sqrtm():
+    # As in the studies: a few hundred samples of 2048-dim Inception features give singular covariances.
+    a, b = _features(60, 128, 5), _features(40, 128, 6, shift=0.2)
+    expected = _scipy_reference(a.numpy(), b.numpy())
+    assert frechet_distance_from_stats(_stats(a), _stats(b)) == pytest.approx(expected, rel=1e-7)
+
+
 def test_frechet_closed_form_for_diagonal_gaussians():
     mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
     v1, v2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 1.0])
