@@ -185,6 +185,7 @@ _IMAGE_SIZES = {
     ("ddgan_discriminator", "trilemma"): 8,
     ("ddgan_discriminator", "ddgan-cifar10"): 32, ("ddgan_discriminator", "ddgan-stackedmnist"): 32,
     ("ddgan_discriminator", "ddgan-celebahq256"): 64,
+    ("seg_unet", "tiny"): 48, ("seg_unet", "small"): 100, ("seg_unet", "unet-seg-paper"): 188,  # valid sides
 }
 
 # The DDGAN paper's networks, counted with the official NVlabs/denoising-diffusion-gan modules built
@@ -221,6 +222,10 @@ def test_preset_forward_shapes(family, name):
     elif family == "unet":
         out = model(x, torch.tensor([0, 999]))
         assert out.shape == (2, model.out_channels, size, size)
+    elif family == "seg_unet":  # valid convolutions: smaller by the margin on each side
+        out = model(x)
+        side = size - 2 * model.margin
+        assert out.shape == (2, model.num_classes, side, side)
     elif family == "ddgan_generator":
         t = torch.tensor([0, ddgan_num_timesteps(name) - 1])
         out = model(x, t, torch.randn(2, model.nz))

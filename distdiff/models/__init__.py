@@ -1,7 +1,9 @@
-"""Model families of distdiff: KL-VAE, DDPM U-Net, DDGAN generator/discriminator (torch only)."""
+"""Model families of distdiff: KL-VAE, DDPM U-Net, DDGAN generator/discriminator, segmentation U-Net
+(torch only)."""
 
 from distdiff.models.ddgan import DDGANDiscriminator, DDGANGenerator, minibatch_stddev
 from distdiff.models.export import load_weights, save_weights
+from distdiff.models.seg_unet import SegUNet
 from distdiff.models.registry import (
     FAMILIES,
     build_model,
@@ -17,6 +19,7 @@ from distdiff.models.vae import KLVAE
 __all__ = [
     "FAMILIES",
     "KLVAE",
+    "SegUNet",
     "DDGANDiscriminator",
     "DDGANGenerator",
     "UNet",

@@ -9,16 +9,18 @@ from typing import Any
 from torch import nn
 
 from distdiff.models.ddgan import DDGANDiscriminator, DDGANGenerator
+from distdiff.models.seg_unet import SegUNet
 from distdiff.models.unet import UNet
 from distdiff.models.vae import KLVAE
 
-FAMILIES = ("vae", "unet", "ddgan_generator", "ddgan_discriminator")
+FAMILIES = ("vae", "unet", "ddgan_generator", "ddgan_discriminator", "seg_unet")
 
 _CLASSES: dict[str, type[nn.Module]] = {
     "vae": KLVAE,
     "unet": UNet,
     "ddgan_generator": DDGANGenerator,
     "ddgan_discriminator": DDGANDiscriminator,
+    "seg_unet": SegUNet,
 }
 
 VAE_PRESETS: dict[str, dict[str, Any]] = {
@@ -136,6 +138,18 @@ DDGAN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+SEG_UNET_PRESETS: dict[str, dict[str, Any]] = {
+    # Unit tests: two levels (inputs 44, 48, 52, ... give outputs 4, 8, 12, ...).
+    "tiny": dict(in_channels=1, num_classes=11, base_channels=8, depth=2, batch_norm=True),
+    # CPU training on the embedded digit canvases (background + 10 digits): three levels, margin 44.
+    "small": dict(in_channels=1, num_classes=11, base_channels=16, depth=3, batch_norm=True),
+    # Ronneberger et al. 2015, Fig. 1: 64 channels doubling over four max-pools to 1024, a 572 x 572
+    # tile gives 388 x 388, two classes (cell / border of the ISBI EM stacks). The paper places drop-out
+    # at the end of the contracting path without naming its rate: set dropout= to use it.
+    "unet-seg-paper": dict(in_channels=1, num_classes=2, base_channels=64, depth=4),
+}
+
+
 def _check_family(family: str) -> None:
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
@@ -147,6 +161,8 @@ def _table(family: str) -> dict[str, dict[str, Any]]:
         return VAE_PRESETS
     if family == "unet":
         return UNET_PRESETS
+    if family == "seg_unet":
+        return SEG_UNET_PRESETS
     return DDGAN_PRESETS
 
 
