@@ -73,3 +73,51 @@ def _paste(canvases: Canvases, n: int, instance: int, digit: np.ndarray, label: 
     np.maximum(image, digit, out=image)
     canvases.masks[n][window][wins] = 1 + label
     canvases.instances[n][window][wins] = instance
+
+
+class TileSampler:
+    """Random training tiles from canvases: an input tile with its mirrored context and the same window
+    of the mask (and weight map), so that the network's valid output lands on real pixels.
+
+    Args:
+        canvases: from `make_digit_canvases`.
+        tile_input: the network's input side (a valid one).
+        margin: the network's margin (context on each side of its output).
+        weights: optional (N, S, S) float32 weight maps (`seg_weights.unet_weight_map` per canvas).
+        flips: random horizontal and vertical flips of each tile.
+    """
+
+    def __init__(self, canvases: Canvases, tile_input: int, margin: int, weights: np.ndarray | None = None,
+                 flips: bool = True):
+        if tile_input - 2 * margin < 1:
+            raise ValueError(f"tile side {tile_input} leaves no output with margin {margin}")
+        side = canvases.images.shape[-1]
+        if tile_input - 2 * margin > side:
+            raise ValueError(f"tile output {tile_input - 2 * margin} is larger than the canvas side {side}")
+        pad = ((0, 0), (margin, margin), (margin, margin))
+        self.images = np.pad(canvases.images[:, 0], pad, mode="reflect")  # (N, S + 2m, S + 2m)
+        self.masks = np.pad(canvases.masks, pad, mode="reflect")
+        self.weights = None if weights is None else np.pad(weights, pad, mode="reflect")
+        self.tile, self.output, self.side, self.flips = tile_input, tile_input - 2 * margin, side, flips
+
+    def sample(self, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """`image` uint8 (count, 1, T, T), `mask` int64 (count, T, T) and, with weight maps, `weight`
+        float32 (count, T, T), T the tile input side."""
+        picks = rng.integers(0, len(self.images), size=count)
+        corners = rng.integers(0, self.side - self.output + 1, size=(count, 2))
+        flips = rng.random((count, 2)) < 0.5 if self.flips else np.zeros((count, 2), bool)
+        out: dict[str, list] = {"image": [], "mask": []}
+        if self.weights is not None:
+            out["weight"] = []
+        for n, (y, x), (flip_y, flip_x) in zip(picks, corners, flips):
+            window = (n, slice(y, y + self.tile), slice(x, x + self.tile))
+            for key, source in (("image", self.images), ("mask", self.masks), ("weight", self.weights)):
+                if source is None:
+                    continue
+                tile = source[window]
+                tile = tile[::-1] if flip_y else tile
+                out[key].append(tile[:, ::-1] if flip_x else tile)
+        batch = {"image": np.stack(out["image"])[:, None].copy(), "mask": np.stack(out["mask"]).astype(np.int64)}
+        if self.weights is not None:
+            batch["weight"] = np.stack(out["weight"]).astype(np.float32)
+        return batch

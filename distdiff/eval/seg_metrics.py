@@ -1,0 +1,30 @@
+"""Segmentation scores from a confusion matrix: pixel accuracy and mean intersection over union."""
+
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 (K, K) counts, rows the true class, columns the predicted one; sums over workers add up.
+
+    Args:
+        pred, target: integer class maps of one shape.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    index = target.reshape(-1).long() * num_classes + pred.reshape(-1).long()
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def pixel_accuracy(confusion: torch.Tensor) -> float:
+    """The fraction of pixels classified correctly."""
+    return float(confusion.diagonal().sum() / confusion.sum().clamp(min=1))
+
+
+def mean_iou(confusion: torch.Tensor) -> float:
+    """Mean over classes of |pred ∩ true| / |pred ∪ true|, over the classes present in either."""
+    inter = confusion.diagonal().double()
+    union = confusion.sum(0).double() + confusion.sum(1).double() - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
