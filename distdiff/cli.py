@@ -1,4 +1,4 @@
-"""The `distdiff` command: train-vae, train-ldm and pipeline, each on a YAML config plus overrides.
+"""The `distdiff` command: train-vae, train-ldm, train-seg, pipeline and trilemma, each on a YAML config plus overrides.
 
 Every subcommand resolves the config (file + dotted `key=value` overrides), validates it against
 the model registry and the data before any work starts, and with `--dry-run` stops there.
@@ -16,6 +16,8 @@ from distdiff.config import ConfigError, RunConfig, dump_yaml, load_config
 DESCRIPTIONS = {
     "train-vae": "Stage 1: train the KL-VAE on images and export it with its latent scale factor.",
     "train-ldm": "Stage 2: train the latent diffusion U-Net and the DDGAN jointly on the VAE's latents.",
+    "train-seg": "The segmentation U-Net (Ronneberger et al.) on the embedded digit canvases: training tiles "
+                 "with mirrored context, overlap-tile inference, held-out pixel accuracy and mean IoU.",
     "pipeline": "The whole pipeline: VAE, then LDM + DDGAN (+ GAN), then the evaluation (if configured) and "
                 "summary.json (the embedded demo by default).",
     "trilemma": "The trilemma study: the pipeline with the LDM, the DDGAN and the one-step GAN on one latent "
@@ -63,7 +65,7 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     if args.command == "trilemma":
         overrides.append("evaluation.enabled=true")  # the study is the evaluation
     cfg = load_config(RunConfig, args.config, overrides)
-    stage = {"train-vae": "vae", "train-ldm": "ldm", "pipeline": "all", "trilemma": "all"}[args.command]
+    stage = {"train-vae": "vae", "train-ldm": "ldm", "train-seg": "seg", "pipeline": "all", "trilemma": "all"}[args.command]
     validate_run(cfg, stage)
     from distdiff.train.backends import training_backend
 
@@ -80,9 +82,10 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> dict:
         from distdiff.launchers import local as launcher
     else:
         from distdiff.launchers import ray as launcher
-    if args.command in ("train-vae", "train-ldm"):
+    stages = {"train-vae": launcher.train_vae, "train-ldm": launcher.train_ldm, "train-seg": launcher.train_seg}
+    if args.command in stages:
         launcher.prepare_run_dir(cfg)
-        return (launcher.train_vae if args.command == "train-vae" else launcher.train_ldm)(cfg)
+        return stages[args.command](cfg)
     started = time.perf_counter()
     summary = launcher.run_pipeline(cfg)
     if args.command == "trilemma" and not summary.get("preempted"):

@@ -48,3 +48,40 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
         last = task.step(batch, engines, step)
     assert last["seg/loss"] < 0.5 * first["seg/loss"]
     assert 0.0 <= last["seg/pixel_accuracy"] <= 1.0
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY = ["seg.preset=tiny", "seg.train_canvases=4", "seg.test_canvases=2", "seg.canvas_side=64", "seg.tile_output=8",
+        "stage_seg.batch_size=2", "stage_seg.checkpoint_every=4", "stage_seg.sample_every=4", "stage_seg.log_every=2"]
+
+
+def test_train_seg_locally_exports_scores_and_resumes(tmp_path):
+    import json
+
+    from distdiff.cli import main
+    from distdiff.models import load_weights
+
+    config = str(ROOT / "configs" / "seg-mnist-canvas.yaml")
+    args = ["train-seg", "--config", config, "--local", f"output_dir={tmp_path}", *TINY]
+    assert main([*args, "stage_seg.steps=4"]) == 0
+    stage = tmp_path / "seg-mnist-canvas" / "seg"
+    scores = json.loads((stage / "heldout.json").read_text())
+    assert 0.0 <= scores["seg/heldout_mean_iou"] <= 1.0 and scores["canvases"] == 2
+    assert (stage / "samples" / "overlay-step00000004.png").is_file()
+    net, _ = load_weights(stage / "export" / "seg_unet")
+    assert net.num_classes == 11
+    assert main([*args, "stage_seg.steps=8"]) == 0  # resumes from step 4
+    steps = [json.loads(line)["step"] for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 8 and steps == sorted(steps)
+
+
+def test_seg_config_errors_name_the_key(tmp_path, capsys):
+    from distdiff.cli import main
+
+    config = str(ROOT / "configs" / "seg-mnist-canvas.yaml")
+    assert main(["train-seg", "--config", config, "--dry-run"]) == 0
+    assert main(["train-seg", "--config", config, "--dry-run", "seg.preset=huge"]) == 2
+    assert "seg.preset: unknown seg_unet preset 'huge'" in capsys.readouterr().err
+    assert main(["train-seg", "--config", config, "--dry-run", "seg.canvas_side=64", "seg.tile_output=70"]) == 2
+    assert "seg.tile_output 70 (a valid output of 76) does not fit seg.canvas_side 64" in capsys.readouterr().err
+    assert main(["train-seg", "--config", config, "--dry-run", "seg.digits=[3,2]"]) == 2

@@ -19,6 +19,7 @@ from distdiff.config.schema import (
     LDMConfig,
     OptimConfig,
     RunConfig,
+    SegConfig,
     StageConfig,
     VAEConfig,
 )
@@ -26,5 +27,5 @@ from distdiff.config.schema import (
 __all__ = [
     "ConfigError", "apply_overrides", "deep_merge", "dump_yaml", "from_dict", "load_config", "load_yaml",
     "parse_override", "to_dict", "DataConfig", "DDGANConfig", "DistributedConfig", "EvalConfig", "LDMConfig",
-    "OptimConfig", "RunConfig", "StageConfig", "VAEConfig",
+    "OptimConfig", "RunConfig", "SegConfig", "StageConfig", "VAEConfig",
 ]

@@ -151,6 +151,30 @@ class DDGANConfig:
 
 
 @dataclass
+class SegConfig:
+    """The segmentation U-Net (Ronneberger et al.) on the embedded digit canvases (`train-seg`)."""
+
+    preset: str = "small"
+    canvas_side: int = 256
+    train_canvases: int = 200  # from the first 4,000 embedded digits
+    test_canvases: int = 16  # held out: from the last 1,000
+    digits: tuple[int, int] = (8, 16)  # fewest and most digits per canvas
+    tile_output: int = 60  # output side of a training tile, rounded up to a valid one
+    flips: bool = True
+    border_weights: bool = True  # the paper's w(x); False: plain cross entropy
+    w0: float = 10.0
+    sigma: float = 5.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0))
+
+    def validate(self) -> None:
+        if self.canvas_side < 28 or self.train_canvases < 1 or self.test_canvases < 1 or self.tile_output < 1:
+            raise ValueError("seg: canvas_side >= 28, train_canvases >= 1, test_canvases >= 1 and tile_output >= 1 "
+                             "required")
+        if len(self.digits) != 2 or not 1 <= self.digits[0] <= self.digits[1]:
+            raise ValueError(f"seg.digits must be [fewest, most] with 1 <= fewest <= most, got {list(self.digits)}")
+
+
+@dataclass
 class EvalConfig:
     """Scoring the stage-2 models at the end of a pipeline run (and in the trilemma study)."""
 
@@ -219,8 +243,10 @@ class RunConfig:
     # The one-step GAN baseline: the DDGAN's networks and losses with T = 1 (off unless enabled).
     gan: DDGANConfig = field(default_factory=lambda: DDGANConfig(enabled=False, num_steps=1))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=400, batch_size=64))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=800, batch_size=64))
+    stage_seg: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=8))
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:

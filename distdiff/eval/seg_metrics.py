@@ -28,3 +28,12 @@ def mean_iou(confusion: torch.Tensor) -> float:
     union = confusion.sum(0).double() + confusion.sum(1).double() - inter
     present = union > 0
     return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def heldout_scores(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int) -> dict:
+    """Pixel accuracy and mean IoU (background included as a class) of a segmentation U-Net over whole
+    images (uint8 (N, C, H, W)) against their masks (N, H, W), by overlap-tile inference."""
+    from distdiff.models.seg_tiling import segment_classes
+
+    confusion = confusion_matrix(segment_classes(net, images), masks, num_classes)
+    return {"seg/heldout_pixel_accuracy": pixel_accuracy(confusion), "seg/heldout_mean_iou": mean_iou(confusion)}

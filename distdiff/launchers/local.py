@@ -75,6 +75,22 @@ def train_ldm(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
     return final
 
 
+def train_seg(cfg: RunConfig) -> dict:
+    """The segmentation U-Net in this process; exports its EMA network and scores it on held-out canvases."""
+    from distdiff.launchers.seg import score_seg_export
+    from distdiff.train.seg_stage import build_seg_plan, export_seg
+
+    device = resolve_device(cfg.device)
+    ctx = LocalContext(run_dir(cfg) / "seg", device, cfg.stage_seg.keep_checkpoints)
+    plan = build_seg_plan(cfg, ctx, engine_factory(cfg, ctx, cfg.stage_seg.batch_size))
+    final = _train_stage(ctx, plan)
+    if final["preempted"]:
+        return final
+    stem = export_seg(plan)
+    final.update(score_seg_export(cfg, stem, device, plan.stage_dir), export=str(stem))
+    return final
+
+
 def run_pipeline(cfg: RunConfig) -> dict:
     """VAE, then the stage-2 members, then (if configured) the evaluation, then summary.json."""
     directory = prepare_run_dir(cfg)

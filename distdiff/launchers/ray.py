@@ -131,7 +131,7 @@ class _SignalForwarder:
 
 
 def _fit(cfg: RunConfig, stage: str, time_samplers: bool = False) -> dict:
-    """Run one stage ("vae" or "ldm") on the cluster; returns the final metrics of rank 0."""
+    """Run one stage ("vae", "ldm" or "seg") on the cluster; returns the final metrics of rank 0."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -193,6 +193,11 @@ def train_ldm(cfg: RunConfig) -> dict:
     return _fit(cfg, "ldm")
 
 
+def train_seg(cfg: RunConfig) -> dict:
+    """The segmentation U-Net on the cluster; rank 0 exports its EMA network and scores it on held-out canvases."""
+    return _fit(cfg, "seg")
+
+
 def run_pipeline(cfg: RunConfig) -> dict:
     """VAE, then the stage-2 members, then (if configured) the distributed evaluation, then summary.json."""
     from distdiff.launchers.evaluation import evaluate_run, summary_table
@@ -245,16 +250,24 @@ def _fetch_vae(cfg: RunConfig, storage: Storage, ctx) -> None:
     ctx.barrier()
 
 
+def _stage_config(cfg: RunConfig, stage: str):
+    """The loop settings of stage "vae", "ldm" or "seg"."""
+    return {"vae": cfg.stage1, "ldm": cfg.stage2, "seg": cfg.stage_seg}[stage]
+
+
 def _build_plan(cfg: RunConfig, stage: str, ctx, backend, convert: frozenset):
     import torch
 
     from distdiff.train.stages import build_ldm_plan, build_vae_plan
 
-    batch = cfg.stage1.batch_size if stage == "vae" else cfg.stage2.batch_size
-    factory = backend.engine_factory(cfg, batch, convert)
+    factory = backend.engine_factory(cfg, _stage_config(cfg, stage).batch_size, convert)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (ZeRO-3 shards them as they are)
     if stage == "vae":
         return build_vae_plan(cfg, ctx, factory), None
+    if stage == "seg":
+        from distdiff.train.seg_stage import build_seg_plan
+
+        return build_seg_plan(cfg, ctx, factory), None
     return build_ldm_plan(cfg, ctx, factory)
 
 
@@ -268,6 +281,12 @@ def _export(cfg: RunConfig, stage: str, plan, sampler, ctx, time_samplers: bool)
     if ctx.rank == 0:
         if stage == "vae":
             out["export"] = str(export_vae(cfg, plan, ctx.device))
+        elif stage == "seg":
+            from distdiff.launchers.seg import score_seg_export
+            from distdiff.train.seg_stage import export_seg
+
+            stem = export_seg(plan)
+            out.update(score_seg_export(cfg, stem, ctx.device, plan.stage_dir), export=str(stem))
         else:
             out["export"] = str(export_stage2(cfg, plan, sampler))
             if time_samplers:
@@ -320,7 +339,7 @@ def _train_stage(cfg: RunConfig, stage: str, storage: Storage, config: dict) -> 
 
     torch.set_num_threads(cfg.distributed.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.distributed.use_gpu else torch.device("cpu")
-    stage_cfg = cfg.stage1 if stage == "vae" else cfg.stage2
+    stage_cfg = _stage_config(cfg, stage)
     ctx = RayContext(storage.child(cfg.name, stage, "checkpoints"), device, stage_cfg.keep_checkpoints,
                      config["run_id"], _stage_outputs(cfg, stage, storage), events=run_dir(cfg) / stage / "events.jsonl",
                      drain_poll_every=stage_cfg.log_every)
@@ -343,4 +362,5 @@ def _train_stage(cfg: RunConfig, stage: str, storage: Storage, config: dict) -> 
         ctx.close()
 
 
-__all__ = ["StorageError", "open_storage", "preflight", "prepare_run_dir", "run_pipeline", "train_ldm", "train_vae"]
+__all__ = ["StorageError", "open_storage", "preflight", "prepare_run_dir", "run_pipeline", "train_ldm", "train_seg",
+           "train_vae"]

@@ -80,3 +80,12 @@ def segment_overlap_tile(net: SegUNet, images: torch.Tensor, tile_output: int = 
         for (i, y, x), tile in zip(chunk, logits):
             out[i, :, y:y + tile_out, x:x + tile_out] = tile
     return out[..., :height, :width]
+
+
+@torch.no_grad()
+def segment_classes(net: SegUNet, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Class maps (N, H, W) of uint8 images (N, C, H, W), scaled to [-1, 1] as in training, by
+    overlap-tile inference on the network's device."""
+    device = next(net.parameters()).device
+    scaled = images.to(device=device, dtype=torch.float32) / 127.5 - 1.0
+    return segment_overlap_tile(net, scaled, batch_size=batch_size).argmax(1).cpu()

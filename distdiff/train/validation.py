@@ -21,7 +21,7 @@ def _check_accumulation(cfg: RunConfig, stage: str) -> None:
     accumulation = cfg.distributed.gradient_accumulation_steps
     if accumulation < 1:
         raise ConfigError(f"distributed.gradient_accumulation_steps must be >= 1, got {accumulation}")
-    stages = {"vae": ["stage1"], "ldm": ["stage2"], "all": ["stage1", "stage2"]}[stage]
+    stages = {"vae": ["stage1"], "ldm": ["stage2"], "seg": ["stage_seg"], "all": ["stage1", "stage2"]}[stage]
     for key in stages:
         stage_cfg = getattr(cfg, key)
         for name in ("steps", "checkpoint_every"):
@@ -31,14 +31,32 @@ def _check_accumulation(cfg: RunConfig, stage: str) -> None:
                                   "fall on optimizer steps")
 
 
+def _check_seg(cfg: RunConfig) -> None:
+    """The segmentation preset exists and a training tile's output (rounded up to a valid one) fits a canvas."""
+    from distdiff.models import preset_kwargs
+    from distdiff.models.seg_unet import input_size_for, margin
+
+    try:
+        depth = preset_kwargs("seg_unet", cfg.seg.preset)["depth"]
+    except ValueError as err:
+        raise ConfigError(f"seg.preset: {err}") from None
+    output = input_size_for(cfg.seg.tile_output, depth) - 2 * margin(depth)
+    if output > cfg.seg.canvas_side:
+        raise ConfigError(f"seg.tile_output {cfg.seg.tile_output} (a valid output of {output}) does not fit "
+                          f"seg.canvas_side {cfg.seg.canvas_side}")
+
+
 def validate_run(cfg: RunConfig, stage: str = "all") -> None:
     """Raise ConfigError when presets are unknown or sizes do not fit the networks.
 
     Args:
         cfg: the resolved run config.
-        stage: "vae", "ldm" or "all": which stages will run.
+        stage: "vae", "ldm", "seg" or "all": which stages will run.
     """
     _check_accumulation(cfg, stage)
+    if stage == "seg":
+        _check_seg(cfg)
+        return
     c, h, w = describe_source(cfg.data).image_shape
     f = _downsampling("vae", cfg.vae.preset, "vae.preset")
     if stage in ("vae", "all") and (h % f or w % f):
