@@ -85,3 +85,29 @@ def test_seg_config_errors_name_the_key(tmp_path, capsys):
     assert main(["train-seg", "--config", config, "--dry-run", "seg.canvas_side=64", "seg.tile_output=70"]) == 2
     assert "seg.tile_output 70 (a valid output of 76) does not fit seg.canvas_side 64" in capsys.readouterr().err
     assert main(["train-seg", "--config", config, "--dry-run", "seg.digits=[3,2]"]) == 2
+
+
+def test_segment_command_writes_the_mask_of_an_image_of_any_size(tmp_path, capsys):
+    from PIL import Image
+
+    from distdiff.models import save_weights
+    from distdiff.models.seg_tiling import segment_overlap_tile
+    from distdiff.segment import main
+
+    torch.manual_seed(0)
+    net = build_model("seg_unet", "tiny").eval()
+    save_weights(net, tmp_path / "seg_unet")
+    pixels = np.random.default_rng(0).integers(0, 256, size=(45, 70), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    args = ["--checkpoint", str(tmp_path / "seg_unet"), "--image", str(tmp_path / "big.png"),
+            "--out", str(tmp_path / "mask.png"), "--overlay", str(tmp_path / "overlay.png"), "--tile", "12"]
+    assert main(args) == 0
+    mask = np.asarray(Image.open(tmp_path / "mask.png"))
+    with torch.no_grad():
+        expected = segment_overlap_tile(net, torch.from_numpy(pixels)[None, None].float() / 127.5 - 1, 12).argmax(1)[0]
+    assert mask.shape == (45, 70) and np.array_equal(mask, expected.numpy())
+    assert np.asarray(Image.open(tmp_path / "overlay.png")).shape == (45, 70, 3)
+    save_weights(build_model("vae", "tiny"), tmp_path / "vae")
+    assert main([*args[:1], str(tmp_path / "vae"), *args[2:]]) == 2
+    assert "is a KLVAE, not a segmentation U-Net" in capsys.readouterr().err
+    assert main([*args[:1], str(tmp_path / "missing"), *args[2:]]) == 2
