@@ -111,3 +111,24 @@ def test_segment_command_writes_the_mask_of_an_image_of_any_size(tmp_path, capsy
     assert main([*args[:1], str(tmp_path / "vae"), *args[2:]]) == 2
     assert "is a KLVAE, not a segmentation U-Net" in capsys.readouterr().err
     assert main([*args[:1], str(tmp_path / "missing"), *args[2:]]) == 2
+
+
+def test_elastic_deformation_moves_image_and_mask_together():
+    from distdiff.data.seg_augment import displacement_field, elastic_deform
+
+    canvases = make_digit_canvases(1, side=64, digits=(4, 4), seed=3)
+    tile = {"image": canvases.images[0, 0], "mask": canvases.masks[0]}
+    assert elastic_deform(tile, np.zeros((2, 64, 64)))["image"].tolist() == tile["image"].tolist()  # no motion
+    warped = elastic_deform(tile, displacement_field(64, np.random.default_rng(0), std=10.0))
+    assert warped["mask"].dtype == np.uint8 and set(np.unique(warped["mask"])) <= set(np.unique(tile["mask"]))
+    assert not np.array_equal(warped["image"], tile["image"])
+    # Ink and labels still coincide: labelled pixels are mostly bright ones (cubic resampling blurs edges).
+    inked = warped["image"][warped["mask"] > 0]
+    assert (inked >= 64).mean() > 0.9
+
+
+def test_overlap_tile_benchmark_runs_and_agrees_with_one_pass():
+    from distdiff.bench.seg import run_benchmark
+
+    result = run_benchmark("tiny", side=64, rounds=1, log=lambda *_: None)
+    assert result["max_abs_difference"] < 1e-4 and result["tiles_s"] > 0 and result["one_pass_s"] > 0

@@ -161,6 +161,7 @@ class SegConfig:
     digits: tuple[int, int] = (8, 16)  # fewest and most digits per canvas
     tile_output: int = 60  # output side of a training tile, rounded up to a valid one
     flips: bool = True
+    elastic_std: float = 10.0  # pixels, on a 3 x 3 grid of displacements (the paper's 10); 0: none
     border_weights: bool = True  # the paper's w(x); False: plain cross entropy
     w0: float = 10.0
     sigma: float = 5.0

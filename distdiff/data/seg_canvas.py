@@ -85,39 +85,45 @@ class TileSampler:
         margin: the network's margin (context on each side of its output).
         weights: optional (N, S, S) float32 weight maps (`seg_weights.unet_weight_map` per canvas).
         flips: random horizontal and vertical flips of each tile.
+        elastic_std: standard deviation in pixels of the elastic deformation (`seg_augment`); 0: none.
     """
 
     def __init__(self, canvases: Canvases, tile_input: int, margin: int, weights: np.ndarray | None = None,
-                 flips: bool = True):
+                 flips: bool = True, elastic_std: float = 0.0):
         if tile_input - 2 * margin < 1:
             raise ValueError(f"tile side {tile_input} leaves no output with margin {margin}")
         side = canvases.images.shape[-1]
         if tile_input - 2 * margin > side:
             raise ValueError(f"tile output {tile_input - 2 * margin} is larger than the canvas side {side}")
         pad = ((0, 0), (margin, margin), (margin, margin))
-        self.images = np.pad(canvases.images[:, 0], pad, mode="reflect")  # (N, S + 2m, S + 2m)
-        self.masks = np.pad(canvases.masks, pad, mode="reflect")
-        self.weights = None if weights is None else np.pad(weights, pad, mode="reflect")
-        self.tile, self.output, self.side, self.flips = tile_input, tile_input - 2 * margin, side, flips
+        self.sources = {"image": np.pad(canvases.images[:, 0], pad, mode="reflect"),  # (N, S + 2m, S + 2m)
+                        "mask": np.pad(canvases.masks, pad, mode="reflect")}
+        if weights is not None:
+            self.sources["weight"] = np.pad(weights, pad, mode="reflect")
+        self.tile, self.output, self.side = tile_input, tile_input - 2 * margin, side
+        self.flips, self.elastic_std = flips, elastic_std
+
+    def _tile(self, n: int, y: int, x: int, flip_y: bool, flip_x: bool, rng: np.random.Generator) -> dict:
+        tile = {}
+        for key, source in self.sources.items():
+            window = source[n, y:y + self.tile, x:x + self.tile]
+            window = window[::-1] if flip_y else window
+            tile[key] = window[:, ::-1] if flip_x else window
+        if self.elastic_std > 0:
+            from distdiff.data.seg_augment import displacement_field, elastic_deform
+
+            tile = elastic_deform(tile, displacement_field(self.tile, rng, std=self.elastic_std))
+        return tile
 
     def sample(self, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """`image` uint8 (count, 1, T, T), `mask` int64 (count, T, T) and, with weight maps, `weight`
         float32 (count, T, T), T the tile input side."""
-        picks = rng.integers(0, len(self.images), size=count)
+        picks = rng.integers(0, len(self.sources["image"]), size=count)
         corners = rng.integers(0, self.side - self.output + 1, size=(count, 2))
         flips = rng.random((count, 2)) < 0.5 if self.flips else np.zeros((count, 2), bool)
-        out: dict[str, list] = {"image": [], "mask": []}
-        if self.weights is not None:
-            out["weight"] = []
-        for n, (y, x), (flip_y, flip_x) in zip(picks, corners, flips):
-            window = (n, slice(y, y + self.tile), slice(x, x + self.tile))
-            for key, source in (("image", self.images), ("mask", self.masks), ("weight", self.weights)):
-                if source is None:
-                    continue
-                tile = source[window]
-                tile = tile[::-1] if flip_y else tile
-                out[key].append(tile[:, ::-1] if flip_x else tile)
-        batch = {"image": np.stack(out["image"])[:, None].copy(), "mask": np.stack(out["mask"]).astype(np.int64)}
-        if self.weights is not None:
-            batch["weight"] = np.stack(out["weight"]).astype(np.float32)
+        tiles = [self._tile(n, y, x, fy, fx, rng) for n, (y, x), (fy, fx) in zip(picks, corners, flips)]
+        batch = {"image": np.stack([t["image"] for t in tiles])[:, None].copy(),
+                 "mask": np.stack([t["mask"] for t in tiles]).astype(np.int64)}
+        if "weight" in self.sources:
+            batch["weight"] = np.stack([t["weight"] for t in tiles]).astype(np.float32)
         return batch

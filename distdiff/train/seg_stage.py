@@ -59,7 +59,7 @@ def build_seg_plan(cfg: RunConfig, ctx, make_engine) -> StagePlan:
     net = build_model("seg_unet", cfg.seg.preset).to(ctx.device)
     train = seg_canvases(cfg, "train")
     sampler = TileSampler(train, input_size_for(cfg.seg.tile_output, net.depth), net.margin,
-                          _weight_maps(cfg, train), cfg.seg.flips)
+                          _weight_maps(cfg, train), cfg.seg.flips, cfg.seg.elastic_std)
     engines = EngineSet({"seg": make_engine("seg", net, cfg.seg.optim, "adam")})
     emas = {"seg": EMA(engines["seg"], SEG_EMA_DECAY)}
     shown = seg_canvases(cfg, "test").images[:OVERLAY_CANVASES]
