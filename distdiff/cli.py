@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "trilemma":
             p.add_argument("--quick", action="store_true",
                            help="tiny networks, a few steps and a few dozen samples: checks the whole path in "
-                                "about a minute (what the tests run); its numbers mean nothing")
+                                "about two minutes on a 2-core CPU (what the tests run); its numbers mean nothing")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser
 

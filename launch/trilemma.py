@@ -2,7 +2,7 @@
 
     python launch/trilemma.py --config configs/trilemma.yaml            # on Ray (a local cluster if none)
     python launch/trilemma.py --config configs/trilemma.yaml --local    # one process
-    python launch/trilemma.py --config configs/trilemma.yaml --quick    # the minute-long check
+    python launch/trilemma.py --config configs/trilemma.yaml --quick    # the two-minute check
 """
 
 import sys
