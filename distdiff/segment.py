@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from distdiff.models import SegUNet, load_weights
-    from distdiff.models.seg_tiling import segment_overlap_tile
+    from distdiff.models.seg_tiling import segment_classes
 
     stem = Path(args.checkpoint)
     if not Path(f"{stem}.safetensors").is_file():
@@ -52,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         pixels = np.asarray(img.convert("L" if net.in_channels == 1 else "RGB"))
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)
     image = torch.from_numpy(np.array(chw[None], copy=True))  # (1, C, H, W) uint8: PIL arrays are read-only
-    scaled = image.to(args.device, torch.float32) / 127.5 - 1.0  # as the training tiles
-    with torch.no_grad():
-        classes = segment_overlap_tile(net.eval(), scaled, args.tile, args.batch_size).argmax(1)[0].cpu()
+    classes = segment_classes(net.eval(), image, args.tile, args.batch_size)[0]  # (H, W)
     Image.fromarray(classes.numpy().astype(np.uint8)).save(args.out)
     print(f"mask of {pixels.shape[1]}x{pixels.shape[0]} pixels written to {args.out} "
           f"(classes present: {sorted(int(c) for c in classes.unique())})")

@@ -83,9 +83,9 @@ def segment_overlap_tile(net: SegUNet, images: torch.Tensor, tile_output: int = 
 
 
 @torch.no_grad()
-def segment_classes(net: SegUNet, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+def segment_classes(net: SegUNet, images: torch.Tensor, tile_output: int = 0, batch_size: int = 16) -> torch.Tensor:
     """Class maps (N, H, W) of uint8 images (N, C, H, W), scaled to [-1, 1] as in training, by
-    overlap-tile inference on the network's device."""
+    overlap-tile inference on the network's device (`tile_output` as in `segment_overlap_tile`)."""
     device = next(net.parameters()).device
     scaled = images.to(device=device, dtype=torch.float32) / 127.5 - 1.0
-    return segment_overlap_tile(net, scaled, batch_size=batch_size).argmax(1).cpu()
+    return segment_overlap_tile(net, scaled, tile_output, batch_size).argmax(1).cpu()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from distdiff.losses.seg import weighted_pixel_cross_entropy
+from distdiff.models.seg_unet import center_crop
 from distdiff.tasks.base import Updater, check_finite
 
 
@@ -24,8 +25,6 @@ class SegTask:
         loss = weighted_pixel_cross_entropy(logits, mask, batch.get("weight"))
         check_finite("segmentation loss", loss)
         stats = updater.update("seg", loss)
-        h, w = logits.shape[-2:]
-        top, left = (mask.shape[-2] - h) // 2, (mask.shape[-1] - w) // 2
-        correct = (logits.detach().argmax(1) == mask[:, top:top + h, left:left + w]).float().mean()
+        correct = (logits.detach().argmax(1) == center_crop(mask, *logits.shape[-2:])).float().mean()
         return {"seg/loss": float(loss.detach()), "seg/pixel_accuracy": float(correct),
                 **{f"seg/{k}": v for k, v in stats.items()}}
