@@ -34,9 +34,21 @@ def test_a_single_digit_canvas_is_labelled_with_its_digit():
 
     canvas = make_digit_canvases(1, side=28, digits=(1, 1), seed=0)
     images, labels = load_embedded_mnist()
-    match = [i for i in range(4000) if np.array_equal(images[i, 0, 2:30, 2:30], canvas.images[0, 0])]
+    match = [i for i in range(len(images)) if np.array_equal(images[i, 0, 2:30, 2:30], canvas.images[0, 0])]
     assert match, "the canvas is one whole embedded digit"
     assert set(np.unique(canvas.masks)) == {0, 1 + int(labels[match[0]])}
+
+
+def test_both_splits_draw_every_digit_class_from_disjoint_digits():
+    # The embedded MNIST is sorted by class: a split by position would hold out only 8s and 9s.
+    from distdiff.data.embedded import load_embedded_mnist
+    from distdiff.data.seg_canvas import digit_pool
+
+    _, labels = load_embedded_mnist()
+    train, test = digit_pool(labels, "train"), digit_pool(labels, "test")
+    assert not set(train) & set(test) and len(train) + len(test) == len(labels)
+    assert set(labels[train]) == set(labels[test]) == set(range(10))
+    assert np.bincount(labels[test]).min() >= 0.15 * np.bincount(labels).min()
 
 
 def test_canvas_arguments_are_checked():

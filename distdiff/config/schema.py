@@ -156,8 +156,8 @@ class SegConfig:
 
     preset: str = "small"
     canvas_side: int = 256
-    train_canvases: int = 200  # from the first 4,000 embedded digits
-    test_canvases: int = 16  # held out: from the last 1,000
+    train_canvases: int = 200  # from the first 80 % of each digit class
+    test_canvases: int = 16  # held out: from the other 20 %
     digits: tuple[int, int] = (8, 16)  # fewest and most digits per canvas
     tile_output: int = 60  # output side of a training tile, rounded up to a valid one
     flips: bool = True

@@ -2,8 +2,9 @@
 
 Embedded MNIST digits scattered over a large black canvas (overlaps allowed), with a per-pixel class
 mask (0 background, 1 + d for digit d) and an instance map (0 background, k for the k-th digit placed),
-which the U-Net paper's border weights need. Training canvases use the first 4,000 embedded digits and
-held-out canvases the last 1,000, so a held-out score is on digits the network never saw.
+which the U-Net paper's border weights need. Training canvases use the first 80 % of each digit class of
+the embedded MNIST (which is sorted by class) and held-out canvases the rest, so a held-out score is on
+digits the network never saw, of every class.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from distdiff.data.embedded import load_embedded_mnist
 
 NUM_SEG_CLASSES = 11  # background + 10 digits
-TRAIN_DIGITS = 4000  # digits [0, 4000) for training canvases, [4000, 5000) for held-out ones
+TRAIN_FRACTION = 0.8  # of each digit class for training canvases; the rest for held-out ones
 _DIGIT = slice(2, 30)  # the 28 x 28 digit inside the embedded 32 x 32 image
 
 
@@ -26,6 +27,17 @@ class Canvases:
     images: np.ndarray
     masks: np.ndarray
     instances: np.ndarray
+
+
+def digit_pool(labels: np.ndarray, split: str) -> np.ndarray:
+    """Indices of the digits a split draws from: per class, the first TRAIN_FRACTION ("train") or the rest
+    ("test"), so both splits hold every class whatever the order of the digits."""
+    pools = []
+    for digit in np.unique(labels):
+        members = np.flatnonzero(labels == digit)
+        cut = int(round(TRAIN_FRACTION * len(members)))
+        pools.append(members[:cut] if split == "train" else members[cut:])
+    return np.sort(np.concatenate(pools))
 
 
 def make_digit_canvases(num: int, side: int = 256, digits: tuple[int, int] = (8, 16), split: str = "train",
@@ -39,7 +51,7 @@ def make_digit_canvases(num: int, side: int = 256, digits: tuple[int, int] = (8,
         num: number of canvases.
         side: canvas side in pixels (at least 28).
         digits: (fewest, most) digits per canvas, inclusive.
-        split: "train" (the first 4,000 embedded digits) or "test" (the last 1,000).
+        split: "train" (the first 80 % of each class of embedded digits) or "test" (the rest).
         seed: the draw is a pure function of (num, side, digits, split, seed).
         threshold: the brightness (0-255) from which a pixel counts as the digit's.
 
@@ -53,7 +65,7 @@ def make_digit_canvases(num: int, side: int = 256, digits: tuple[int, int] = (8,
     if not 1 <= digits[0] <= digits[1]:
         raise ValueError(f"digits per canvas must be a range (fewest, most) with 1 <= fewest <= most, got {digits}")
     images, labels = load_embedded_mnist()
-    pool = np.arange(TRAIN_DIGITS) if split == "train" else np.arange(TRAIN_DIGITS, len(images))
+    pool = digit_pool(labels, split)
     rng = np.random.default_rng([seed, side, 0 if split == "train" else 1])
     out = Canvases(np.zeros((num, 1, side, side), np.uint8), np.zeros((num, side, side), np.uint8),
                    np.zeros((num, side, side), np.int32))
