@@ -2,6 +2,7 @@
 
     images   --format cifar10 --input cifar-10-python.tar.gz --dest s3://bucket/cifar10-train
     latents  --source s3://bucket/cifar10-train --dest s3://bucket/cifar10-latents --vae runs/x/vae/export/vae [--ray]
+    seg      --input pairs/ (or pairs.zip) --num-classes 3 --dest s3://bucket/cells-train
     check    --source s3://bucket/cifar10-train --world-size 8 --num-workers 4
 
 Destinations are folders or s3://bucket/prefix; the S3 endpoint and credentials come from the
@@ -55,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     latents.add_argument("--num-gpus", type=float, default=0, help="GPUs per Ray task")
     latents.add_argument("--overwrite", action="store_true")
 
+    seg = sub.add_parser("seg", help="convert image / mask pairs into segmentation shards (for train-seg)",
+                         description="Pairs are images/NAME.png|tif|tiff and masks/NAME.png|tif|tiff in a folder "
+                                     "or a zip; a mask is one channel of class indices (0: background) of its "
+                                     "image's size. Every pair is checked before the manifest is written.")
+    seg.add_argument("--input", required=True, help="folder or .zip of images/ and masks/")
+    seg.add_argument("--dest", required=True, help="folder or s3://bucket/prefix")
+    seg.add_argument("--num-classes", type=int, required=True, help="classes, background included")
+    seg.add_argument("--channels", type=int, default=1, choices=[1, 3], help="image colour channels")
+    seg.add_argument("--shard-size", type=int, default=100, help="pairs per shard")
+    seg.add_argument("--limit", type=int, help="write only the first N pairs")
+    seg.add_argument("--overwrite", action="store_true", help="replace a dataset already at --dest")
+
     check = sub.add_parser("check", help="preflight a dataset for a number of ranks and loader workers")
     check.add_argument("--source", required=True)
     check.add_argument("--world-size", type=int, default=1)
@@ -97,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             manifest = make_image_shards(args)
         elif args.command == "latents":
             manifest = make_latent_shards(args)
+        elif args.command == "seg":
+            from distdiff.data.seg_shards import write_seg_shards
+
+            manifest = write_seg_shards(args.input, args.dest, args.num_classes, args.channels, args.shard_size,
+                                        args.overwrite, args.limit)
         else:
             from distdiff.data.source import preflight
 

@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", help="seg_unet preset")
     parser.add_argument("--side", type=int, default=1024, help="side of the square test image")
-    parser.add_argument("--tile", type=int, default=0, help="tile output side (default: twice the margin)")
+    parser.add_argument("--tile", type=int, default=0, help="tile output side (default: eight margins, as segment.py)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     parser.add_argument("--device", default="cpu")

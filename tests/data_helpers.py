@@ -1,4 +1,5 @@
-"""Helpers shared by the data-plane tests: tiny synthetic shard datasets and a fresh-process reader."""
+"""Helpers shared by the data-plane tests: tiny synthetic shard datasets (images, segmentation pairs) and a
+fresh-process reader."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 import distdiff
 from distdiff.data.writer import ShardWriter, image_sample
@@ -55,3 +57,39 @@ def run_child(source: str, state, batch_size: int, world_size: int, ranks: list[
     result = json.loads(out_file.read_text())
     return {"indices": {int(k): v for k, v in result["indices"].items()},
             "metrics": {int(k): v for k, v in result["metrics"].items()}}
+
+
+SEG_SIZES = {"a": (48, 60), "b": (52, 52), "c": (64, 50)}  # name -> (H, W): pairs may differ in size
+
+
+def write_seg_pairs(folder: Path, channels: int = 3, num_classes: int = 3, seed: int = 0) -> dict[str, tuple]:
+    """Image / mask pairs with bright squares of classes 1.. on a dark background; PNG and TIFF mixed."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True), (folder / "masks").mkdir()
+    pairs = {}
+    for n, (name, (h, w)) in enumerate(SEG_SIZES.items()):
+        mask = np.zeros((h, w), np.uint8)
+        for k in range(6):
+            y, x = rng.integers(0, h - 12), rng.integers(0, w - 12)
+            mask[y:y + 10, x:x + 10] = 1 + k % (num_classes - 1)
+        image = np.where(mask[None] > 0, 200, 30).astype(np.uint8).repeat(channels, 0)
+        image = (image + rng.integers(0, 20, size=image.shape)).astype(np.uint8)
+        suffix = ".tif" if n == 1 else ".png"
+        Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0)).save(folder / "images" / f"{name}{suffix}")
+        Image.fromarray(mask).save(folder / "masks" / f"{name}.png")
+        pairs[name] = (image, mask)
+    return pairs
+
+
+def write_seg_shard_sets(tmp_path: Path, dest: str) -> tuple[str, str]:
+    """Training and held-out RGB pair shards at dest (a folder or s3://bucket/prefix)."""
+    from distdiff.make_shards import main as make_shards
+
+    sets = []
+    for split, seed in (("train", 0), ("test", 1)):
+        write_seg_pairs(tmp_path / f"pairs-{split}", seed=seed)
+        url = f"{dest}/{split}"
+        assert make_shards(["seg", "--input", str(tmp_path / f"pairs-{split}"), "--dest", url, "--num-classes", "3",
+                            "--channels", "3", "--shard-size", "2"]) == 0
+        sets.append(url)
+    return sets[0], sets[1]

@@ -563,6 +563,28 @@ def test_stage2_from_image_shards_in_s3_survives_a_server_restart(ray_cluster, s
     assert not (tmp_path / "shards" / "ldm" / "events.jsonl").exists(), "the run was restarted"
 
 
+def test_train_seg_on_two_workers_from_seg_shards_in_s3(ray_cluster, seaweed, bucket, tmp_path):
+    """The segmentation U-Net through Ray Train and DeepSpeed ZeRO-2 on 2 CPU workers, its image / mask
+    shards and its checkpoints in SeaweedFS; the held-out scores and the export at the end."""
+    from data_helpers import write_seg_shard_sets
+    from distdiff.launchers.ray import train_seg
+
+    with cluster_env(ray_cluster, seaweed):
+        train, test = write_seg_shard_sets(tmp_path, f"s3://{bucket}/seg-shards")
+        cfg = load_config(RunConfig, ROOT / "configs" / "seg-mnist-canvas.yaml", [
+            f"output_dir={tmp_path}", "name=seg", f"seg.data={train}", f"seg.test_data={test}", "seg.preset=tiny",
+            "seg.tile_output=8", "stage_seg.batch_size=2", "stage_seg.steps=4", "stage_seg.checkpoint_every=4",
+            "stage_seg.sample_every=0", "stage_seg.log_every=1", "distributed.num_workers=2",
+            "distributed.zero_stage=2", f"distributed.storage_path=s3://{bucket}/runs"])
+        final = train_seg(cfg)
+    assert final["steps"] == 4 and final["export"].endswith("seg_unet")
+    scores = json.loads((tmp_path / "seg" / "seg" / "heldout.json").read_text())
+    assert scores["images"] == 3 and scores["source"] == test
+    keys = {o["Key"] for o in seaweed.client().list_objects_v2(Bucket=bucket, Prefix="runs/seg/")["Contents"]}
+    assert any(k.endswith("/step-00000004/COMPLETE") for k in keys), sorted(keys)
+    assert any("/step-00000004/engines/seg/" in k and "rank_1" in k for k in keys), "rank 1's ZeRO shard"
+
+
 def test_scale_up_1_to_2_to_4_workers_fresh_noise_exact_epoch(ray_cluster, seaweed, image_shards, tiny_vae,
                                                                  tmp_path):
     """One epoch of the 320 shard images trained on 1 worker (4 steps of 8), then resumed on 2 (4

@@ -26,13 +26,38 @@ def test_scores_from_a_confusion_matrix():
 
 def test_tiles_keep_image_and_mask_aligned():
     canvases = make_digit_canvases(2, side=64, digits=(3, 5), seed=0)
-    sampler = TileSampler(canvases, tile_input=48, margin=20, flips=True)
+    sampler = TileSampler(canvases.images, canvases.masks, tile_input=48, margin=20, flips=True)
     batch = sampler.sample(16, np.random.default_rng(0))
     assert batch["image"].shape == (16, 1, 48, 48) and batch["mask"].shape == (16, 48, 48)
     # The canvases' rule holds in every tile, mirrored context and flips included.
     assert np.array_equal(batch["mask"] > 0, batch["image"][:, 0] >= 96)
-    with pytest.raises(ValueError, match="larger than the canvas side"):
-        TileSampler(canvases, tile_input=48 + 64, margin=20)
+    with pytest.raises(ValueError, match="larger than the smallest image side 64"):
+        TileSampler(canvases.images, canvases.masks, tile_input=48 + 64, margin=20)
+
+
+def test_tiles_of_images_of_different_sizes_and_colours_stay_inside_each_image():
+    rng = np.random.default_rng(0)
+    sizes = [(40, 90), (70, 36)]
+    images = [rng.integers(0, 256, size=(3, h, w), dtype=np.uint8) for h, w in sizes]
+    masks = [(i[0] > 127).astype(np.uint8) for i in images]
+    sampler = TileSampler(images, masks, tile_input=36, margin=10, flips=True, elastic_std=0.0)
+    batch = sampler.sample(32, rng)
+    assert batch["image"].shape == (32, 3, 36, 36) and batch["mask"].shape == (32, 36, 36)
+    assert np.array_equal(batch["mask"] > 0, batch["image"][:, 0] > 127)
+    # The output window (the tile minus its margin) is always real pixels of one image.
+    centre = batch["image"][:, :, 10:26, 10:26]
+    for tile in centre:
+        assert any(_contains(image, tile) for image in images)
+
+
+def _contains(image: np.ndarray, window: np.ndarray) -> bool:
+    """Whether `window` (C, k, k) equals some window of `image` (C, H, W), flipped or not."""
+    k = window.shape[-1]
+    views = np.lib.stride_tricks.sliding_window_view(image, (k, k), axis=(1, 2))  # (C, H-k+1, W-k+1, k, k)
+    for flipped in (window, window[..., ::-1, :], window[..., ::-1], window[..., ::-1, ::-1]):
+        if (views == flipped[:, None, None]).all(axis=(0, 3, 4)).any():
+            return True
+    return False
 
 
 def test_a_few_steps_on_one_batch_lower_the_loss():
@@ -40,7 +65,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
     net = build_model("seg_unet", "tiny")
     engines = EngineSet({"seg": TorchEngine(net, OptimConfig(lr=3e-3), "adam")})
     canvases = make_digit_canvases(2, side=64, digits=(3, 5), seed=0)
-    raw = TileSampler(canvases, tile_input=52, margin=net.margin, flips=False).sample(8, np.random.default_rng(1))
+    raw = TileSampler(canvases.images, canvases.masks, tile_input=52, margin=net.margin, flips=False).sample(8, np.random.default_rng(1))
     batch = {"image": torch.from_numpy(raw["image"]).float() / 127.5 - 1, "mask": torch.from_numpy(raw["mask"])}
     task = SegTask()
     first = task.step(batch, engines, 0)
@@ -66,7 +91,7 @@ def test_train_seg_locally_exports_scores_and_resumes(tmp_path):
     assert main([*args, "stage_seg.steps=4"]) == 0
     stage = tmp_path / "seg-mnist-canvas" / "seg"
     scores = json.loads((stage / "heldout.json").read_text())
-    assert 0.0 <= scores["seg/heldout_mean_iou"] <= 1.0 and scores["canvases"] == 2
+    assert 0.0 <= scores["seg/heldout_mean_iou"] <= 1.0 and scores["images"] == 2
     assert (stage / "samples" / "overlay-step00000004.png").is_file()
     net, _ = load_weights(stage / "export" / "seg_unet")
     assert net.num_classes == 11
@@ -107,6 +132,9 @@ def test_segment_command_writes_the_mask_of_an_image_of_any_size(tmp_path, capsy
         expected = segment_overlap_tile(net, torch.from_numpy(pixels)[None, None].float() / 127.5 - 1, 12).argmax(1)[0]
     assert mask.shape == (45, 70) and np.array_equal(mask, expected.numpy())
     assert np.asarray(Image.open(tmp_path / "overlay.png")).shape == (45, 70, 3)
+    assert main([*args[:2], "--canvas", "64", *args[4:]]) == 0  # a held-out digit canvas instead of an image
+    assert np.asarray(Image.open(tmp_path / "canvas.png")).shape == (64, 64)
+    assert "against the canvas's true mask: pixel accuracy" in capsys.readouterr().out
     save_weights(build_model("vae", "tiny"), tmp_path / "vae")
     assert main([*args[:1], str(tmp_path / "vae"), *args[2:]]) == 2
     assert "is a KLVAE, not a segmentation U-Net" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import time
 import torch
 
 from distdiff.models import build_model
-from distdiff.models.seg_tiling import mirror_pad, segment_overlap_tile, tile_layout
+from distdiff.models.seg_tiling import default_tile_output, mirror_pad, segment_overlap_tile, tile_layout
 from distdiff.models.seg_unet import input_size_for
 
 
@@ -25,7 +25,7 @@ def run_benchmark(preset: str = "small", side: int = 1024, tile: int = 0, rounds
     net = build_model("seg_unet", preset).to(device).eval()
     image = torch.rand(1, net.in_channels, side, side, device=device) * 2 - 1
     m = net.margin
-    tile_out = input_size_for(max(tile or 2 * m, 2 ** net.depth), net.depth) - 2 * m
+    tile_out = input_size_for(max(tile or default_tile_output(net, side, side), 2 ** net.depth), net.depth) - 2 * m
     _, count, span = tile_layout(side, tile_out, net.depth)
     whole_input = mirror_pad(image, m, m + span - side, m, m + span - side)
 

@@ -152,13 +152,18 @@ class DDGANConfig:
 
 @dataclass
 class SegConfig:
-    """The segmentation U-Net (Ronneberger et al.) on the embedded digit canvases (`train-seg`)."""
+    """The segmentation U-Net (Ronneberger et al.) on the embedded digit canvases or on users' image / mask
+    shards (`train-seg`)."""
 
-    preset: str = "small"
-    canvas_side: int = 256
+    preset: str = "small"  # its in_channels and num_classes follow the data
+    # Segmentation shards (`make_shards seg`: a folder or s3://bucket/prefix) to train on instead of the
+    # embedded canvases, and the held-out shards to score on; both or neither.
+    data: Optional[str] = None
+    test_data: Optional[str] = None
+    canvas_side: int = 256  # the embedded canvases (without seg.data):
     train_canvases: int = 200  # from the first 80 % of each digit class
     test_canvases: int = 16  # held out: from the other 20 %
-    digits: tuple[int, int] = (8, 16)  # fewest and most digits per canvas
+    digits: tuple[int, int] = (24, 40)  # fewest and most digits per canvas
     tile_output: int = 60  # output side of a training tile, rounded up to a valid one
     flips: bool = True
     elastic_std: float = 10.0  # pixels, on a 3 x 3 grid of displacements (the paper's 10); 0: none
@@ -173,6 +178,9 @@ class SegConfig:
                              "required")
         if len(self.digits) != 2 or not 1 <= self.digits[0] <= self.digits[1]:
             raise ValueError(f"seg.digits must be [fewest, most] with 1 <= fewest <= most, got {list(self.digits)}")
+        if (self.data is None) != (self.test_data is None):
+            raise ValueError("seg.data and seg.test_data go together: training shards need held-out shards to be "
+                             "scored on (write both with `make_shards seg`)")
 
 
 @dataclass

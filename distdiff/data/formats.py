@@ -209,7 +209,8 @@ def _to_array(img: Image.Image, channels: int, resolution: int | None) -> np.nda
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)
 
 
-def _safe_key(i: int, name: str) -> str:
+def sample_key(i: int, name: str) -> str:
+    """A shard key for sample i named `name`: numbered (unique, in order) and without dots or odd characters."""
     return f"{i:07d}-" + re.sub(r"[^A-Za-z0-9_-]", "_", name)[:80]
 
 
@@ -247,7 +248,7 @@ def image_folder(path: str | Path, resolution: int | None = None, channels: int 
                 array = _to_array(img, channels, resolution)
             if array.shape[1:] != (height, width):
                 raise DataError(f"{file} is {array.shape[2]}x{array.shape[1]}, not {width}x{height}; pass a resolution")
-            yield _safe_key(i, Path(rel).stem), array, label, {"file": rel}
+            yield sample_key(i, Path(rel).stem), array, label, {"file": rel}
 
     return ImageSource(f"folder-{root.name}", meta, samples, len(files))
 
@@ -269,7 +270,7 @@ def celebahq(path: str | Path, resolution: int = 256) -> ImageSource:
         with zipfile.ZipFile(path) as archive:
             for i, name in enumerate(names):
                 with Image.open(io.BytesIO(archive.read(name))) as img:
-                    yield _safe_key(i, Path(name).stem), _to_array(img, 3, resolution), 0, {"file": name}
+                    yield sample_key(i, Path(name).stem), _to_array(img, 3, resolution), 0, {"file": name}
 
     return ImageSource("celebahq", meta, samples, len(names))
 
@@ -285,7 +286,7 @@ def image_folder_flat(root: Path, resolution: int, name: str) -> ImageSource:
         for i, file in enumerate(files):
             rel = file.relative_to(root).as_posix()
             with Image.open(file) as img:
-                yield _safe_key(i, file.stem), _to_array(img, 3, resolution), 0, {"file": rel}
+                yield sample_key(i, file.stem), _to_array(img, 3, resolution), 0, {"file": rel}
 
     return ImageSource(name, meta, samples, len(files))
 

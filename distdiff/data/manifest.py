@@ -16,7 +16,7 @@ from distdiff.data.errors import DataError, ObjectNotFound
 MANIFEST_NAME = "manifest.json"
 FORMAT = "distdiff-shards"
 VERSION = 1
-KINDS = ("image", "latent")
+KINDS = ("image", "latent", "seg")  # seg: image / mask pairs (`seg_shards`)
 
 
 @dataclass

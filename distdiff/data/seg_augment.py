@@ -18,10 +18,11 @@ def displacement_field(side: int, rng: np.random.Generator, grid: int = 3, std: 
 
 
 def elastic_deform(arrays: dict[str, np.ndarray], field: np.ndarray) -> dict[str, np.ndarray]:
-    """Resample each (side, side) array of a tile along one displacement field.
+    """Resample each array of a tile along one displacement field.
 
     Args:
-        arrays: "image" (cubic), and "mask" / "weight" (nearest), all (side, side).
+        arrays: "image" (cubic; (side, side) or (C, side, side), each channel alike), and "mask" / "weight"
+            (nearest), (side, side).
         field: (2, side, side) from `displacement_field`.
     """
     side = field.shape[-1]
@@ -30,7 +31,9 @@ def elastic_deform(arrays: dict[str, np.ndarray], field: np.ndarray) -> dict[str
     out = {}
     for key, array in arrays.items():
         order = 3 if key == "image" else 0
-        warped = ndimage.map_coordinates(array.astype(np.float32), coords, order=order, mode="mirror")
+        planes = array.reshape(-1, side, side).astype(np.float32)  # (C, side, side)
+        warped = np.stack([ndimage.map_coordinates(p, coords, order=order, mode="mirror") for p in planes])
+        warped = warped.reshape(array.shape)
         out[key] = np.clip(np.rint(warped), 0, 255).astype(array.dtype) if array.dtype == np.uint8 else \
             warped.astype(array.dtype)
     return out

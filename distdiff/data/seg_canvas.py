@@ -10,10 +10,12 @@ digits the network never saw, of every class.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from distdiff.data.embedded import load_embedded_mnist
+from distdiff.data.seg_pairs import SegImages
 
 NUM_SEG_CLASSES = 11  # background + 10 digits
 TRAIN_FRACTION = 0.8  # of each digit class for training canvases; the rest for held-out ones
@@ -27,6 +29,11 @@ class Canvases:
     images: np.ndarray
     masks: np.ndarray
     instances: np.ndarray
+
+    def as_seg_images(self) -> SegImages:
+        """The canvases as segmentation pairs (with their known instance maps), like users' data."""
+        return SegImages([f"canvas-{n}" for n in range(len(self.images))], list(self.images), list(self.masks),
+                         NUM_SEG_CLASSES, list(self.instances))
 
 
 def digit_pool(labels: np.ndarray, split: str) -> np.ndarray:
@@ -88,39 +95,41 @@ def _paste(canvases: Canvases, n: int, instance: int, digit: np.ndarray, label: 
 
 
 class TileSampler:
-    """Random training tiles from canvases: an input tile with its mirrored context and the same window
+    """Random training tiles from whole images: an input tile with its mirrored context and the same window
     of the mask (and weight map), so that the network's valid output lands on real pixels.
 
     Args:
-        canvases: from `make_digit_canvases`.
+        images: uint8 (C, H, W) each (sizes may differ), e.g. a `Canvases`' images.
+        masks: uint8 (H, W) class indices, one per image.
         tile_input: the network's input side (a valid one).
         margin: the network's margin (context on each side of its output).
-        weights: optional (N, S, S) float32 weight maps (`seg_weights.unet_weight_map` per canvas).
+        weights: optional float32 (H, W) weight maps, one per image (`seg_weights.unet_weight_map`).
         flips: random horizontal and vertical flips of each tile.
         elastic_std: standard deviation in pixels of the elastic deformation (`seg_augment`); 0: none.
     """
 
-    def __init__(self, canvases: Canvases, tile_input: int, margin: int, weights: np.ndarray | None = None,
-                 flips: bool = True, elastic_std: float = 0.0):
+    def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], tile_input: int, margin: int,
+                 weights: Sequence[np.ndarray] | None = None, flips: bool = True, elastic_std: float = 0.0):
         if tile_input - 2 * margin < 1:
             raise ValueError(f"tile side {tile_input} leaves no output with margin {margin}")
-        side = canvases.images.shape[-1]
-        if tile_input - 2 * margin > side:
-            raise ValueError(f"tile output {tile_input - 2 * margin} is larger than the canvas side {side}")
-        pad = ((0, 0), (margin, margin), (margin, margin))
-        self.sources = {"image": np.pad(canvases.images[:, 0], pad, mode="reflect"),  # (N, S + 2m, S + 2m)
-                        "mask": np.pad(canvases.masks, pad, mode="reflect")}
+        self.sizes = [mask.shape for mask in masks]  # (H, W) of each image
+        smallest = min(min(size) for size in self.sizes)
+        if tile_input - 2 * margin > smallest:
+            raise ValueError(f"tile output {tile_input - 2 * margin} is larger than the smallest image side {smallest}")
+        plane = ((margin, margin), (margin, margin))
+        self.sources = {"image": [np.pad(i, ((0, 0), *plane), mode="reflect") for i in images],  # (C, H + 2m, W + 2m)
+                        "mask": [np.pad(m, plane, mode="reflect") for m in masks]}
         if weights is not None:
-            self.sources["weight"] = np.pad(weights, pad, mode="reflect")
-        self.tile, self.output, self.side = tile_input, tile_input - 2 * margin, side
+            self.sources["weight"] = [np.pad(w, plane, mode="reflect") for w in weights]
+        self.tile, self.output = tile_input, tile_input - 2 * margin
         self.flips, self.elastic_std = flips, elastic_std
 
     def _tile(self, n: int, y: int, x: int, flip_y: bool, flip_x: bool, rng: np.random.Generator) -> dict:
         tile = {}
-        for key, source in self.sources.items():
-            window = source[n, y:y + self.tile, x:x + self.tile]
-            window = window[::-1] if flip_y else window
-            tile[key] = window[:, ::-1] if flip_x else window
+        for key, sources in self.sources.items():
+            window = sources[n][..., y:y + self.tile, x:x + self.tile]
+            window = window[..., ::-1, :] if flip_y else window
+            tile[key] = window[..., ::-1] if flip_x else window
         if self.elastic_std > 0:
             from distdiff.data.seg_augment import displacement_field, elastic_deform
 
@@ -128,13 +137,17 @@ class TileSampler:
         return tile
 
     def sample(self, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """`image` uint8 (count, 1, T, T), `mask` int64 (count, T, T) and, with weight maps, `weight`
+        """`image` uint8 (count, C, T, T), `mask` int64 (count, T, T) and, with weight maps, `weight`
         float32 (count, T, T), T the tile input side."""
-        picks = rng.integers(0, len(self.sources["image"]), size=count)
-        corners = rng.integers(0, self.side - self.output + 1, size=(count, 2))
+        picks = rng.integers(0, len(self.sizes), size=count)
+        where = rng.random((count, 2))  # the tile's corner, as a fraction of each image's free range
         flips = rng.random((count, 2)) < 0.5 if self.flips else np.zeros((count, 2), bool)
-        tiles = [self._tile(n, y, x, fy, fx, rng) for n, (y, x), (fy, fx) in zip(picks, corners, flips)]
-        batch = {"image": np.stack([t["image"] for t in tiles])[:, None].copy(),
+        tiles = []
+        for n, (u, v), (fy, fx) in zip(picks, where, flips):
+            height, width = self.sizes[n]
+            y, x = int(u * (height - self.output + 1)), int(v * (width - self.output + 1))
+            tiles.append(self._tile(n, y, x, fy, fx, rng))
+        batch = {"image": np.stack([t["image"] for t in tiles]).copy(),
                  "mask": np.stack([t["mask"] for t in tiles]).astype(np.int64)}
         if "weight" in self.sources:
             batch["weight"] = np.stack([t["weight"] for t in tiles]).astype(np.float32)

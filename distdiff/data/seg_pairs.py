@@ -1,5 +1,8 @@
 """Users' segmentation data: image / mask pairs from a folder or a .zip, checked pair by pair.
 
+`SegImages` holds such pairs in memory, from here, from segmentation shards (`seg_shards`) or from the
+embedded digit canvases (`seg_canvas`).
+
 Layout (in a folder or at the top of a zip): `images/NAME.<png|tif|tiff>` and `masks/NAME.<png|tif|tiff>`,
 paired by NAME. A mask is one channel of class indices (0 = background) of its image's size. Every
 problem is an error that names the file at fault: an image without a mask or a mask without an
@@ -10,15 +13,47 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from distdiff.data.errors import DataError
 
 PAIR_SUFFIXES = {".png", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class SegImages:
+    """Whole images with their masks, possibly of different sizes.
+
+    images: uint8 (C, H, W) each; masks: uint8 (H, W) class indices each; names: one per pair. Without
+    instance maps, `instance_maps` takes each connected non-background region as one object.
+    """
+
+    names: list[str]
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    num_classes: int
+    instances: list[np.ndarray] | None = None  # int32 (H, W) object ids (0 background) where known
+
+    @property
+    def channels(self) -> int:
+        return int(self.images[0].shape[0])
+
+    @property
+    def smallest_side(self) -> int:
+        return min(min(m.shape) for m in self.masks)
+
+    def instance_maps(self) -> list[np.ndarray]:
+        """Object ids per image (what the border weights separate): the known ones, or else the connected
+        regions of non-background pixels (touching objects then count as one)."""
+        if self.instances is not None:
+            return self.instances
+        return [ndimage.label(mask > 0)[0].astype(np.int32) for mask in self.masks]
 
 
 def _members(path: Path) -> dict[str, Callable[[], bytes]]:

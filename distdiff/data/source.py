@@ -9,6 +9,13 @@ from distdiff.data.manifest import MANIFEST_NAME, Manifest, read_manifest
 from distdiff.data.stream import ShardStream
 
 
+def _streamable(manifest: Manifest, source: str) -> Manifest:
+    """The manifest of an image or latent dataset; segmentation pairs are read by `train-seg` instead."""
+    if manifest.kind == "seg":
+        raise DataError(f"{source} holds segmentation pairs (image + mask), which train the segmentation U-Net: "
+                        f"pass it as seg.data to train-seg, not as data.source")
+    return manifest
+
 
 def build_stream(source: str, batch_size: int, rank: int, world_size: int, seed: int, num_workers: int = 0, *,
                  epochs: int | None = None, max_bad_fraction: float = 0.01, hflip: bool = False,
@@ -38,7 +45,7 @@ def build_stream(source: str, batch_size: int, rank: int, world_size: int, seed:
 
         images, labels = EMBEDDED_DATASETS[source].load(stacked_size, seed)
         return ArrayStream(images, labels, batch_size, rank, world_size, seed, hflip=hflip)
-    manifest = read_manifest(source)
+    manifest = _streamable(read_manifest(source), source)
     return ShardStream(source, manifest, batch_size, rank, world_size, seed, num_workers, epochs=epochs,
                        max_bad_fraction=max_bad_fraction, hflip=hflip, verify_checksums=verify_checksums,
                        prefetch_shards=prefetch_shards)
@@ -67,7 +74,7 @@ def preflight(source: str, world_size: int, num_workers: int, batch_size: int | 
         return None
     if source.startswith("embedded-"):
         raise DataError(f"unknown embedded dataset {source!r}; known: {', '.join(EMBEDDED_DATASETS)}")
-    manifest = read_manifest(source)
+    manifest = _streamable(read_manifest(source), source)
     sizes = storage.list_sizes(source)
     wrong = [f"{s.name} ({'missing' if s.name not in sizes else f'{sizes[s.name]} bytes, manifest {s.bytes}'})"
              for s in manifest.shards if sizes.get(s.name) != s.bytes]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -30,10 +32,14 @@ def mean_iou(confusion: torch.Tensor) -> float:
     return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
 
 
-def heldout_scores(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int) -> dict:
+def heldout_scores(net: torch.nn.Module, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                   num_classes: int) -> dict:
     """Pixel accuracy and mean IoU (background included as a class) of a segmentation U-Net over whole
-    images (uint8 (N, C, H, W)) against their masks (N, H, W), by overlap-tile inference."""
+    images (uint8 (C, H, W) each, sizes may differ) against their masks ((H, W) each), by overlap-tile
+    inference, one image at a time; the scores pool every pixel of every image."""
     from distdiff.models.seg_tiling import segment_classes
 
-    confusion = confusion_matrix(segment_classes(net, images), masks, num_classes)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for image, mask in zip(images, masks):
+        confusion += confusion_matrix(segment_classes(net, image[None])[0], mask, num_classes)
     return {"seg/heldout_pixel_accuracy": pixel_accuracy(confusion), "seg/heldout_mean_iou": mean_iou(confusion)}

@@ -48,44 +48,51 @@ def _train_stage(ctx: LocalContext, plan) -> dict:
     return final
 
 
+def _local_stage(cfg: RunConfig, name: str, stage, build) -> tuple:
+    """Build stage `name`'s plan in this process with `build(cfg, ctx, engine_factory)` and train it.
+
+    Returns:
+        (plan, whatever else `build` returned or None, final metrics, device).
+    """
+    device = resolve_device(cfg.device)
+    ctx = LocalContext(run_dir(cfg) / name, device, stage.keep_checkpoints)
+    built = build(cfg, ctx, engine_factory(cfg, ctx, stage.batch_size))
+    plan, extra = built if isinstance(built, tuple) else (built, None)
+    final = _train_stage(ctx, plan)
+    if not final["preempted"]:
+        print(f"[{name}] checkpoints in {ctx.checkpoint_root}", flush=True)
+    return plan, extra, final, device
+
+
 def train_vae(cfg: RunConfig) -> dict:
     """Stage 1 in this process; exports the VAE with its latent scale factor."""
-    device = resolve_device(cfg.device)
-    ctx = LocalContext(run_dir(cfg) / "vae", device, cfg.stage1.keep_checkpoints)
-    plan = build_vae_plan(cfg, ctx, engine_factory(cfg, ctx, cfg.stage1.batch_size))
-    final = _train_stage(ctx, plan)
+    plan, _, final, device = _local_stage(cfg, "vae", cfg.stage1, build_vae_plan)
     if final["preempted"]:
         return final  # a half-trained stage is never exported
     final["export"] = str(export_vae(cfg, plan, device))
-    print(f"[vae] checkpoints in {ctx.checkpoint_root}, export {final['export']}", flush=True)
+    print(f"[vae] export {final['export']}", flush=True)
     return final
 
 
 def train_ldm(cfg: RunConfig, sampler_timing_images: int = 16) -> dict:
     """Stage 2 in this process; exports the networks and times the samplers."""
-    device = resolve_device(cfg.device)
-    ctx = LocalContext(run_dir(cfg) / "ldm", device, cfg.stage2.keep_checkpoints)
-    plan, sampler = build_ldm_plan(cfg, ctx, engine_factory(cfg, ctx, cfg.stage2.batch_size))
-    final = _train_stage(ctx, plan)
+    plan, sampler, final, _ = _local_stage(cfg, "ldm", cfg.stage2, build_ldm_plan)
     if final["preempted"]:
         return final  # a half-trained stage is never exported
     final["export"] = str(export_stage2(cfg, plan, sampler))
-    print(f"[ldm] checkpoints in {ctx.checkpoint_root}, export {final['export']}", flush=True)
+    print(f"[ldm] export {final['export']}", flush=True)
     final["sampling"] = time_samplers(sampler, sampler_timing_images, plan.stage_dir / "samples")
     return final
 
 
 def train_seg(cfg: RunConfig) -> dict:
-    """The segmentation U-Net in this process; exports its EMA network and scores it on held-out canvases."""
+    """The segmentation U-Net in this process; exports its EMA network and scores it on the held-out images."""
     from distdiff.launchers.seg import score_seg_export
     from distdiff.train.seg_stage import build_seg_plan, export_seg
 
-    device = resolve_device(cfg.device)
-    ctx = LocalContext(run_dir(cfg) / "seg", device, cfg.stage_seg.keep_checkpoints)
-    plan = build_seg_plan(cfg, ctx, engine_factory(cfg, ctx, cfg.stage_seg.batch_size))
-    final = _train_stage(ctx, plan)
+    plan, _, final, device = _local_stage(cfg, "seg", cfg.stage_seg, build_seg_plan)
     if final["preempted"]:
-        return final
+        return final  # a half-trained stage is never exported
     stem = export_seg(plan)
     final.update(score_seg_export(cfg, stem, device, plan.stage_dir), export=str(stem))
     return final

@@ -31,6 +31,15 @@ def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) ->
     return x
 
 
+TILE_MARGINS = 8  # default tile output side, in margins: inputs then hold (1 + 2/8)^2 = 1.56x the output's pixels
+
+
+def default_tile_output(net: SegUNet, height: int, width: int) -> int:
+    """The tile output side used when none is given: eight margins (so the context the tiles recompute
+    costs about half again the pixels they output), or the image's larger side where that is smaller."""
+    return min(max(height, width), TILE_MARGINS * net.margin)
+
+
 def tile_layout(size: int, tile_output: int, depth: int) -> tuple[int, int, int]:
     """How one image side is covered: (stride, number of tiles, padded side beyond the margins).
 
@@ -53,8 +62,8 @@ def segment_overlap_tile(net: SegUNet, images: torch.Tensor, tile_output: int = 
     Args:
         net: a `SegUNet` (its device and dtype are used).
         images: (B, C, H, W), any H, W >= 2.
-        tile_output: the output side of one tile, rounded up to a valid one (default: twice the
-            margin, or the image's larger side where that is smaller).
+        tile_output: the output side of one tile, rounded up to a valid one (default:
+            `default_tile_output`; a smaller one needs less memory).
         batch_size: tiles per forward pass.
 
     Returns:
@@ -62,7 +71,7 @@ def segment_overlap_tile(net: SegUNet, images: torch.Tensor, tile_output: int = 
     """
     depth, margin = net.depth, net.margin
     b, _, height, width = images.shape
-    wanted = tile_output or min(max(height, width), 2 * margin)
+    wanted = tile_output or default_tile_output(net, height, width)
     tile_in = input_size_for(max(wanted, 2 ** depth), depth)
     tile_out = tile_in - 2 * margin
     stride_y, rows, span_y = tile_layout(height, tile_out, depth)

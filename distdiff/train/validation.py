@@ -31,8 +31,32 @@ def _check_accumulation(cfg: RunConfig, stage: str) -> None:
                                   "fall on optimizer steps")
 
 
+def _seg_shard_sides(cfg: RunConfig) -> int:
+    """The smallest image side of the run's segmentation shards, after checking that both sets are
+    segmentation shards with the same channels and classes (read from their manifests only)."""
+    from distdiff.data.errors import DataError
+    from distdiff.data.manifest import read_manifest
+
+    metas = {}
+    for key, source in (("seg.data", cfg.seg.data), ("seg.test_data", cfg.seg.test_data)):
+        try:
+            manifest = read_manifest(source)
+        except DataError as err:
+            raise ConfigError(f"{key}: {err}") from None
+        if manifest.kind != "seg":
+            raise ConfigError(f"{key}: {source} holds {manifest.kind} shards, not segmentation pairs "
+                              f"(write them with `make_shards seg`)")
+        metas[key] = manifest.meta
+    train, test = metas["seg.data"], metas["seg.test_data"]
+    for field in ("channels", "num_classes"):
+        if train.get(field) != test.get(field):
+            raise ConfigError(f"seg.data has {field} {train.get(field)} but seg.test_data {test.get(field)}")
+    return min(train["height"], train["width"])
+
+
 def _check_seg(cfg: RunConfig) -> None:
-    """The segmentation preset exists and a training tile's output (rounded up to a valid one) fits a canvas."""
+    """The segmentation preset exists and a training tile's output (rounded up to a valid one) fits every
+    training image."""
     from distdiff.models import preset_kwargs
     from distdiff.models.seg_unet import input_size_for, margin
 
@@ -41,7 +65,12 @@ def _check_seg(cfg: RunConfig) -> None:
     except ValueError as err:
         raise ConfigError(f"seg.preset: {err}") from None
     output = input_size_for(cfg.seg.tile_output, depth) - 2 * margin(depth)
-    if output > cfg.seg.canvas_side:
+    if cfg.seg.data is not None:
+        smallest = _seg_shard_sides(cfg)
+        if output > smallest:
+            raise ConfigError(f"seg.tile_output {cfg.seg.tile_output} (a valid output of {output}) does not fit the "
+                              f"smallest image side of seg.data ({smallest}); lower seg.tile_output")
+    elif output > cfg.seg.canvas_side:
         raise ConfigError(f"seg.tile_output {cfg.seg.tile_output} (a valid output of {output}) does not fit "
                           f"seg.canvas_side {cfg.seg.canvas_side}")
 
