@@ -76,7 +76,7 @@ def _sample(sample: dict, where: str, channels: int, num_classes: int) -> tuple[
     if mask.max() >= num_classes:
         raise DataError(f"{where}: class index {int(mask.max())} is outside [0, {num_classes})")
     name = json.loads(sample["json"]).get("name", sample["__key__"]) if "json" in sample else sample["__key__"]
-    return name, np.ascontiguousarray(image), np.ascontiguousarray(mask)
+    return name, np.array(image, copy=True), np.array(mask, copy=True)  # PIL's arrays are read-only
 
 
 def read_seg_shards(source: str) -> SegImages:
