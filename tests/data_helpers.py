@@ -75,7 +75,8 @@ def write_seg_pairs(folder: Path, channels: int = 3, num_classes: int = 3, seed:
         image = np.where(mask[None] > 0, 200, 30).astype(np.uint8).repeat(channels, 0)
         image = (image + rng.integers(0, 20, size=image.shape)).astype(np.uint8)
         suffix = ".tif" if n == 1 else ".png"
-        Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0)).save(folder / "images" / f"{name}{suffix}")
+        pixels = image[0] if channels == 1 else image.transpose(1, 2, 0)
+        Image.fromarray(pixels).save(folder / "images" / f"{name}{suffix}")
         Image.fromarray(mask).save(folder / "masks" / f"{name}.png")
         pairs[name] = (image, mask)
     return pairs

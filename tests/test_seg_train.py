@@ -65,7 +65,8 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
     net = build_model("seg_unet", "tiny")
     engines = EngineSet({"seg": TorchEngine(net, OptimConfig(lr=3e-3), "adam")})
     canvases = make_digit_canvases(2, side=64, digits=(3, 5), seed=0)
-    raw = TileSampler(canvases.images, canvases.masks, tile_input=52, margin=net.margin, flips=False).sample(8, np.random.default_rng(1))
+    sampler = TileSampler(canvases.images, canvases.masks, tile_input=52, margin=net.margin, flips=False)
+    raw = sampler.sample(8, np.random.default_rng(1))
     batch = {"image": torch.from_numpy(raw["image"]).float() / 127.5 - 1, "mask": torch.from_numpy(raw["mask"])}
     task = SegTask()
     first = task.step(batch, engines, 0)

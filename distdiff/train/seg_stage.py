@@ -20,7 +20,7 @@ from distdiff.data.seg_stream import SegTileStream
 from distdiff.data.seg_weights import unet_weight_map
 from distdiff.models import build_model, save_weights
 from distdiff.models.seg_tiling import segment_classes
-from distdiff.models.seg_unet import input_size_for
+from distdiff.models.seg_unet import center_crop, input_size_for
 from distdiff.tasks.seg import SegTask
 from distdiff.train.ema import EMA
 from distdiff.train.engines import EngineSet
@@ -55,8 +55,7 @@ def _weight_maps(cfg: RunConfig, data: SegImages) -> list[np.ndarray] | None:
 def _common_crop(images: list[np.ndarray]) -> np.ndarray:
     """(N, C, h, w): the images centre-cropped to the smallest height and width among them."""
     h, w = min(i.shape[1] for i in images), min(i.shape[2] for i in images)
-    return np.stack([i[:, (i.shape[1] - h) // 2:(i.shape[1] - h) // 2 + h, (i.shape[2] - w) // 2:(i.shape[2] - w) // 2 + w]
-                     for i in images])
+    return np.stack([center_crop(i, h, w) for i in images])  # slicing: works on arrays as on tensors
 
 
 def overlays(images: np.ndarray, classes: torch.Tensor) -> torch.Tensor:
