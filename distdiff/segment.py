@@ -42,9 +42,10 @@ def _read_image(path: str, channels: int) -> np.ndarray:
     """uint8 (C, H, W), converted to the network's channel count."""
     from PIL import Image
 
+    from distdiff.data.seg_pairs import image_array
+
     with Image.open(path) as img:
-        pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        return image_array(img, channels)
 
 
 def _held_out_canvas(side: int, channels: int, picture: Path) -> tuple[np.ndarray, np.ndarray]:

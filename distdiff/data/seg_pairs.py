@@ -44,10 +44,6 @@ class SegImages:
     def channels(self) -> int:
         return int(self.images[0].shape[0])
 
-    @property
-    def smallest_side(self) -> int:
-        return min(min(m.shape) for m in self.masks)
-
     def instance_maps(self) -> list[np.ndarray]:
         """Object ids per image (what the border weights separate): the known ones, or else the connected
         regions of non-background pixels (touching objects then count as one)."""
@@ -75,7 +71,8 @@ def _by_stem(members: dict[str, Callable[[], bytes]], folder: str) -> dict[str, 
     return stems
 
 
-def _decode(data: bytes, where: str) -> Image.Image:
+def open_image(data: bytes, where: str) -> Image.Image:
+    """An image from its bytes; a broken file is a DataError naming `where`."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -84,8 +81,8 @@ def _decode(data: bytes, where: str) -> Image.Image:
     return image
 
 
-def _image_array(image: Image.Image, channels: int) -> np.ndarray:
-    """uint8 (C, H, W)."""
+def image_array(image: Image.Image, channels: int) -> np.ndarray:
+    """uint8 (C, H, W), converted to `channels` (1: grey, 3: RGB)."""
     array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
@@ -122,8 +119,8 @@ def seg_pairs(path: str | Path, num_classes: int, channels: int = 1) -> Iterator
         raise DataError(f"{path}: {len(unpaired)} file(s) without a partner of the same name, e.g. {', '.join(lonely)}")
     for name in sorted(images):
         image_where, mask_where = f"{path}/{images[name]}", f"{path}/{masks[name]}"
-        image = _image_array(_decode(members[images[name]](), image_where), channels)
-        mask = _mask_array(_decode(members[masks[name]](), mask_where), mask_where, num_classes)
+        image = image_array(open_image(members[images[name]](), image_where), channels)
+        mask = _mask_array(open_image(members[masks[name]](), mask_where), mask_where, num_classes)
         if mask.shape != image.shape[1:]:
             raise DataError(f"{mask_where} is {mask.shape[1]}x{mask.shape[0]} but its image {images[name]} is "
                             f"{image.shape[2]}x{image.shape[1]}")

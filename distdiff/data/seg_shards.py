@@ -12,18 +12,16 @@ memory once and draws its tiles from there; reading checks every shard's checksu
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from distdiff.data import storage
 from distdiff.data.errors import DataError
 from distdiff.data.formats import sample_key
 from distdiff.data.manifest import Manifest, read_manifest
-from distdiff.data.seg_pairs import SegImages, seg_pairs
+from distdiff.data.seg_pairs import SegImages, open_image, seg_pairs
 from distdiff.data.tario import parse_tar
 from distdiff.data.writer import ShardWriter, encode_png
 
@@ -55,20 +53,13 @@ def write_seg_shards(path: str | Path, dest: str, num_classes: int, channels: in
     return writer.manifest
 
 
-def _png(data: bytes, where: str) -> np.ndarray:
-    try:
-        return np.asarray(Image.open(io.BytesIO(data)))
-    except Exception as err:  # PIL raises several types for broken files
-        raise DataError(f"{where}: not a readable PNG ({err})") from None
-
-
 def _sample(sample: dict, where: str, channels: int, num_classes: int) -> tuple[str, np.ndarray, np.ndarray]:
     missing = [m for m in (IMAGE_MEMBER, MASK_MEMBER) if m not in sample]
     if missing:
         raise DataError(f"{where}: no {' or '.join(missing)} member")
-    image = _png(sample[IMAGE_MEMBER], where)
+    image = np.asarray(open_image(sample[IMAGE_MEMBER], where))
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)  # (C, H, W)
-    mask = _png(sample[MASK_MEMBER], where)
+    mask = np.asarray(open_image(sample[MASK_MEMBER], where))
     if image.shape[0] != channels:
         raise DataError(f"{where}: image has {image.shape[0]} channel(s), the manifest says {channels}")
     if mask.ndim != 2 or mask.shape != image.shape[1:]:
@@ -79,6 +70,19 @@ def _sample(sample: dict, where: str, channels: int, num_classes: int) -> tuple[
     return name, np.array(image, copy=True), np.array(mask, copy=True)  # PIL's arrays are read-only
 
 
+def read_seg_manifest(source: str) -> Manifest:
+    """The manifest of a segmentation shard dataset.
+
+    Raises:
+        DataError: no readable manifest at `source`, or one of another kind of dataset.
+    """
+    manifest = read_manifest(source)
+    if manifest.kind != "seg":
+        raise DataError(f"{source} holds {manifest.kind} shards, not segmentation pairs "
+                        f"(write them with `make_shards seg`)")
+    return manifest
+
+
 def read_seg_shards(source: str) -> SegImages:
     """Every pair of a segmentation shard dataset (a folder or s3://bucket/prefix), checked.
 
@@ -87,10 +91,7 @@ def read_seg_shards(source: str) -> SegImages:
             checksum differs from the manifest, a damaged tar, a sample without its image or mask, a mask
             of another size or with a class index outside the manifest's classes.
     """
-    manifest = read_manifest(source)
-    if manifest.kind != "seg":
-        raise DataError(f"{source} holds {manifest.kind} shards, not segmentation pairs "
-                        f"(write them with `make_shards seg`)")
+    manifest = read_seg_manifest(source)
     channels, num_classes = int(manifest.meta["channels"]), int(manifest.meta.get("num_classes", 0))
     names, images, masks = [], [], []
     for shard in manifest.shards:

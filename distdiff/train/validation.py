@@ -35,18 +35,14 @@ def _seg_shard_sides(cfg: RunConfig) -> int:
     """The smallest image side of the run's segmentation shards, after checking that both sets are
     segmentation shards with the same channels and classes (read from their manifests only)."""
     from distdiff.data.errors import DataError
-    from distdiff.data.manifest import read_manifest
+    from distdiff.data.seg_shards import read_seg_manifest
 
     metas = {}
     for key, source in (("seg.data", cfg.seg.data), ("seg.test_data", cfg.seg.test_data)):
         try:
-            manifest = read_manifest(source)
+            metas[key] = read_seg_manifest(source).meta
         except DataError as err:
             raise ConfigError(f"{key}: {err}") from None
-        if manifest.kind != "seg":
-            raise ConfigError(f"{key}: {source} holds {manifest.kind} shards, not segmentation pairs "
-                              f"(write them with `make_shards seg`)")
-        metas[key] = manifest.meta
     train, test = metas["seg.data"], metas["seg.test_data"]
     for field in ("channels", "num_classes"):
         if train.get(field) != test.get(field):
