@@ -18,6 +18,7 @@ from distdiff.config.schema import (
     EvalConfig,
     LDMConfig,
     OptimConfig,
+    PerfConfig,
     RunConfig,
     SegConfig,
     StageConfig,
@@ -27,5 +28,5 @@ from distdiff.config.schema import (
 __all__ = [
     "ConfigError", "apply_overrides", "deep_merge", "dump_yaml", "from_dict", "load_config", "load_yaml",
     "parse_override", "to_dict", "DataConfig", "DDGANConfig", "DistributedConfig", "EvalConfig", "LDMConfig",
-    "OptimConfig", "RunConfig", "SegConfig", "StageConfig", "VAEConfig",
+    "OptimConfig", "PerfConfig", "RunConfig", "SegConfig", "StageConfig", "VAEConfig",
 ]

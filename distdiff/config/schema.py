@@ -7,7 +7,7 @@ Defaults describe the embedded-MNIST demo (tiny presets that train on a CPU in m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 # The names of `distdiff.data.embedded.EMBEDDED_DATASETS` (the config layer imports no other package;
 # tests/test_config.py checks that the two agree).
@@ -235,6 +235,28 @@ class DistributedConfig:
             raise ValueError(f"distributed.zero_stage must be 0..3, got {self.zero_stage}")
 
 
+Switch = Union[bool, Literal["auto"]]  # true / false (YAML's on / off too), or "auto"
+
+
+@dataclass
+class PerfConfig:
+    """The fast path of the training step (`distdiff.train.fast`). "auto" turns a switch on where it was
+    measured to pay: on CUDA devices, and on a CPU none (`launch/bench_gpu.py --cpu-step` measures each)."""
+
+    compile: Switch = "auto"  # torch.compile of each network's forward (discriminators stay eager: R1)
+    compile_backend: str = "inductor"  # "aot_eager" traces without generating code (tests)
+    compile_mode: str = "default"  # or "max-autotune-no-cudagraphs", "reduce-overhead"
+    channels_last: Switch = "auto"  # NHWC activations and weights for the convolution networks
+    fused_optimizer: Switch = "auto"  # torch.optim.Adam(W)(fused=True), also under DeepSpeed (torch_adam)
+    tf32: bool = True  # TF32 matmuls and convolutions for fp32 work on CUDA
+    prefetch: Switch = "auto"  # the next batch drawn (and pinned) in a thread while the step runs
+
+    def validate(self) -> None:
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            raise ValueError(f"perf.compile_mode must be one of {', '.join(modes)}, got {self.compile_mode!r}")
+
+
 @dataclass
 class RunConfig:
     """Everything one run needs; saved resolved as config.yaml in the run directory."""
@@ -257,6 +279,7 @@ class RunConfig:
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=800, batch_size=64))
     stage_seg: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=8))
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:

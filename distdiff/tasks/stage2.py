@@ -34,6 +34,9 @@ class NetworkPlan:
     optimizer: str  # "adam" or "adamw"
     ema_decay: float | None
     export_name: str  # weight stem in the export folder
+    # True for a network whose loss differentiates through its own backward pass (a discriminator's R1):
+    # compiled graphs do not support that, so it runs eagerly on the fast path.
+    double_backward: bool = False
 
 
 @dataclass
@@ -70,7 +73,7 @@ def _gan_member(name: str, cfg: DDGANConfig, channels: int) -> Member:
     task = DDGANTask(schedule.build(), nz, cfg.r1_gamma, cfg.lazy_reg, cfg.r1_scaling, name=name)
     networks = {
         task.gen_name: NetworkPlan(gen, cfg.g_optim, "adam", cfg.ema_decay, f"{name}_generator"),
-        task.disc_name: NetworkPlan(disc, cfg.d_optim, "adam", None, f"{name}_discriminator"),
+        task.disc_name: NetworkPlan(disc, cfg.d_optim, "adam", None, f"{name}_discriminator", double_backward=True),
     }
     return Member(task, networks, model, task.gen_name)
 
@@ -91,6 +94,11 @@ class Stage2Setup:
     @property
     def networks(self) -> dict[str, NetworkPlan]:
         return {name: plan for m in self.members.values() for name, plan in m.networks.items()}
+
+    @property
+    def eager_networks(self) -> frozenset[str]:
+        """Networks the fast path must not compile (`NetworkPlan.double_backward`)."""
+        return frozenset(name for name, plan in self.networks.items() if plan.double_backward)
 
 
 def with_decay_steps(optim: OptimConfig, steps: int) -> OptimConfig:

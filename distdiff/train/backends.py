@@ -22,8 +22,10 @@ from typing import Callable, Protocol
 
 from distdiff.config import RunConfig
 from distdiff.train.checkpoint import CheckpointError
+from distdiff.train.context import resolve_device
 from distdiff.train.deepspeed_engines import ENGINE_META, deepspeed_engine_factory
 from distdiff.train.engines import TorchEngine
+from distdiff.train.fast import fused_optimizer
 from distdiff.train.storage import Storage
 from distdiff.train.universal import (
     UNIVERSAL_MARKER,
@@ -92,7 +94,8 @@ class DeepSpeedBackend:
         """Any world size."""
 
     def engine_factory(self, cfg: RunConfig, batch_size: int, convert: frozenset[str]) -> Callable:
-        return deepspeed_engine_factory(cfg.distributed, cfg.precision, batch_size, convert)
+        fused = fused_optimizer(cfg.perf, resolve_device(cfg.device).type)
+        return deepspeed_engine_factory(cfg.distributed, cfg.precision, batch_size, convert, fused)
 
     def prepare_resume(self, checkpoints: Storage, name: str, world_size: int, cfg: RunConfig) -> None:
         """Convert checkpoint `name` to universal form when this run's layout differs from its own.
@@ -136,7 +139,8 @@ class TorchBackend:
                              "distributed.backend 'deepspeed' (or 'auto')")
 
     def engine_factory(self, cfg: RunConfig, batch_size: int, convert: frozenset[str]) -> Callable:
-        return lambda name, module, optim, kind: TorchEngine(module, optim, kind)
+        fused = fused_optimizer(cfg.perf, resolve_device(cfg.device).type)
+        return lambda name, module, optim, kind: TorchEngine(module, optim, kind, fused)
 
     def prepare_resume(self, checkpoints: Storage, name: str, world_size: int, cfg: RunConfig) -> None:
         check_stored(self, checkpoints, name)

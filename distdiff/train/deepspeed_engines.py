@@ -34,13 +34,16 @@ SHM_INFERENCE_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU shared-memory all-red
 # gradients and optimizer states are still partitioned. The DDGAN discriminator needs it: its R1
 # penalty differentiates through its own backward pass (create_graph), and that second-order graph
 # holds weights that ZeRO-3 releases after the first pass.
-ZERO3_RESIDENT = frozenset({"ddgan_d"})
+ZERO3_RESIDENT = frozenset({"ddgan_d", "gan_d"})
 
 
-def _optimizer_json(optim: OptimConfig, kind: str) -> dict:
-    # torch_adam: DeepSpeed wraps torch.optim.Adam(W) instead of JIT-compiling its FusedAdam.
+def _optimizer_json(optim: OptimConfig, kind: str, fused: bool = False) -> dict:
+    # torch_adam: DeepSpeed builds torch.optim.Adam(W) with these params instead of JIT-compiling its own
+    # FusedAdam (a CUDA compiler at run time); "fused" reaches torch's fused kernel through it.
     params = {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,
               "weight_decay": optim.weight_decay, "torch_adam": True, "foreach": False}
+    if fused:
+        params["fused"] = True
     if kind == "adam":
         return {"type": "Adam", "params": {**params, "adam_w_mode": False}}
     if kind == "adamw":
@@ -49,7 +52,8 @@ def _optimizer_json(optim: OptimConfig, kind: str) -> dict:
 
 
 def build_deepspeed_config(optim: OptimConfig, kind: str, dist: DistributedConfig, precision: str,
-                           micro_batch_size: int, load_universal: bool = False, name: str = "") -> dict:
+                           micro_batch_size: int, load_universal: bool = False, name: str = "",
+                           fused: bool = False) -> dict:
     """The DeepSpeed JSON of one network.
 
     Args:
@@ -60,6 +64,7 @@ def build_deepspeed_config(optim: OptimConfig, kind: str, dist: DistributedConfi
         micro_batch_size: samples per rank per step.
         load_universal: resume from a universal checkpoint (the world size or ZeRO stage changed).
         name: the network's name (its ZeRO stage comes from `effective_zero_stage`).
+        fused: torch's fused Adam(W) kernel.
 
     Returns:
         A plain dict for `deepspeed.initialize(config=...)`.
@@ -67,7 +72,7 @@ def build_deepspeed_config(optim: OptimConfig, kind: str, dist: DistributedConfi
     config = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": dist.gradient_accumulation_steps,
-        "optimizer": _optimizer_json(optim, kind),
+        "optimizer": _optimizer_json(optim, kind, fused),
         "zero_optimization": {"stage": dist.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": False},
@@ -176,6 +181,10 @@ class DeepSpeedEngine:
         import deepspeed
 
         _prepare_deepspeed()
+        # DeepSpeed broadcasts and flattens parameters through byte views, which need a unit last stride:
+        # channels-last weights go back to NCHW here. Channels-last inputs (`FastPath.batch_to`) still
+        # make the convolutions compute channels-last.
+        module = module.to(memory_format=torch.contiguous_format)
         self.config = ds_config
         # A client scheduler runs the plain engines' own LR curve, so both kinds of engine follow it exactly
         # (DeepSpeed's WarmupCosineLR spends its first step at lr 0 and needs a warm-up).
@@ -330,15 +339,17 @@ def needs_universal(meta: dict, world_size: int, zero_stage: int, bf16: bool) ->
 
 
 def deepspeed_engine_factory(dist: DistributedConfig, precision: str, micro_batch_size: int,
-                             universal: frozenset[str] = frozenset()):
+                             universal: frozenset[str] = frozenset(), fused: bool = False):
     """An `EngineFactory` for the stage builders: `make(name, module, optim_cfg, kind)`.
 
     Args:
         universal: names of the networks to restore from their universal conversion.
+        fused: torch's fused Adam(W) kernel.
     """
 
     def make(name: str, module: nn.Module, optim: OptimConfig, kind: str) -> DeepSpeedEngine:
-        config = build_deepspeed_config(optim, kind, dist, precision, micro_batch_size, name in universal, name=name)
+        config = build_deepspeed_config(optim, kind, dist, precision, micro_batch_size, name in universal, name=name,
+                                        fused=fused)
         return DeepSpeedEngine(module, config, lr_factor(optim) if optim.schedule == "cosine" else None)
 
     return make

@@ -14,7 +14,10 @@ def _full_copy(engine: Engine) -> nn.Module:
     """A plain copy of the engine's network with its full weights, also when ZeRO-3 partitions it."""
     module = engine.module
     if not engine.partitioned:
-        return copy.deepcopy(module)
+        copied = copy.deepcopy(module)
+        # The average samples a few grids eagerly; a compiled forward (`nn.Module.compile`) would compile again.
+        copied._compiled_call_impl = None
+        return copied
     # A deepcopy would copy ZeRO-3's shards and hooks: rebuild the network from its recorded config
     # and load the gathered weights instead (collective: every rank builds its EMA).
     from distdiff.models import model_from_config

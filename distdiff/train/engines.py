@@ -19,10 +19,10 @@ from torch import nn
 from distdiff.config import OptimConfig
 
 
-def make_optimizer(params, cfg: OptimConfig, kind: str = "adamw") -> torch.optim.Optimizer:
-    """Adam or AdamW from an OptimConfig."""
+def make_optimizer(params, cfg: OptimConfig, kind: str = "adamw", fused: bool = False) -> torch.optim.Optimizer:
+    """Adam or AdamW from an OptimConfig; `fused`: one fused kernel for all parameters (CPU or CUDA)."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
-    return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def lr_factor(cfg: OptimConfig):
@@ -94,12 +94,13 @@ class TorchEngine:
         module: the network, already on its device.
         cfg: optimizer settings (lr, betas, warmup, clipping).
         kind: "adamw" or "adam".
+        fused: the fused optimizer kernel (`PerfConfig.fused_optimizer`).
     """
 
-    def __init__(self, module: nn.Module, cfg: OptimConfig, kind: str = "adamw"):
+    def __init__(self, module: nn.Module, cfg: OptimConfig, kind: str = "adamw", fused: bool = False):
         self.module = module
         self.cfg = cfg
-        self.optimizer = make_optimizer(module.parameters(), cfg, kind)
+        self.optimizer = make_optimizer(module.parameters(), cfg, kind, fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
 
     @property

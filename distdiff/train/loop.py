@@ -24,6 +24,7 @@ from distdiff.train import preemption
 from distdiff.train.checkpoint import TrainState, read_checkpoint, seed_fresh_streams, write_checkpoint
 from distdiff.train.context import TrainContext
 from distdiff.train.engines import EngineSet
+from distdiff.train.fast import FastPath
 from distdiff.train.metrics import MetricsLogger
 
 StepFn = Callable[[dict, Any, int, torch.Generator], dict]
@@ -49,10 +50,7 @@ class StagePlan:
     # where no partly accumulated gradient would be lost.
     accumulation: int = 1
     export_names: dict = field(default_factory=dict)  # engine name -> weight stem in the export
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    fast: FastPath = field(default_factory=FastPath)  # the resolved fast-path switches (all off: eager)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -173,6 +171,9 @@ def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
         the final metrics (last logged values plus throughput), identical on every rank.
     """
     started = time.perf_counter()
+    plan.fast.apply_globals()
+    if ctx.rank == 0:
+        print(f"[{plan.name}] {plan.fast.describe()}", flush=True)
     torch.manual_seed(plan.seed * 1000 + ctx.rank)
     generator = torch.Generator(device=ctx.device).manual_seed(plan.seed * 1_000_003 + ctx.rank)
     state = _resume(ctx, plan, generator)
@@ -188,7 +189,7 @@ def run_stage(ctx: TrainContext, plan: StagePlan) -> dict:
         t0 = time.perf_counter()
         batch = next(batches)
         tally.add(batch)
-        batch = _to_device(batch, ctx.device)
+        batch = plan.fast.batch_to(batch, ctx.device)
         t1 = time.perf_counter()
         try:
             with _autocast(plan.precision, ctx.device):

@@ -21,6 +21,7 @@ from distdiff.tasks import MEMBERS, LatentSource, Stage2Sampler, VAETask, build_
 from distdiff.train.data_source import build_source_stream, describe_source
 from distdiff.train.ema import EMA
 from distdiff.train.engines import EngineSet
+from distdiff.train.fast import FastPath
 from distdiff.train.loop import StagePlan
 
 EngineFactory = Callable[[str, nn.Module, OptimConfig, str], object]
@@ -51,8 +52,10 @@ def build_vae(cfg: RunConfig) -> nn.Module:
 def build_vae_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> StagePlan:
     """Stage 1: the VAE, its ELBO task, the image stream and a reconstruction grid."""
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only, not on what ran before
-    vae = build_vae(cfg).to(ctx.device)
+    fast = FastPath.resolve(cfg.perf, ctx.device)
+    vae = fast.layout(build_vae(cfg).to(ctx.device))
     engines = EngineSet({"vae": make_engine("vae", vae, cfg.vae.optim, "adamw")})
+    fast.compile_engines(engines)
     task = VAETask(cfg.vae.kl_weight, cfg.vae.likelihood)
     originals = _eval_images(cfg, min(cfg.stage1.num_samples, 32)).to(ctx.device)
 
@@ -68,10 +71,11 @@ def build_vae_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> StagePlan
     return StagePlan(
         name="vae", engines=engines, emas={},
         step_fn=lambda batch, updater, step, gen: task.step(batch, updater, gen),
-        stream=build_source_stream(cfg.data, cfg.stage1.batch_size, ctx.rank, ctx.world_size, cfg.seed),
+        stream=fast.wrap_stream(build_source_stream(cfg.data, cfg.stage1.batch_size, ctx.rank, ctx.world_size,
+                                                    cfg.seed), ctx.device),
         stage=cfg.stage1, seed=cfg.seed, stage_dir=run_dir(cfg) / "vae", precision=cfg.precision,
         config_yaml=dump_yaml(cfg), sample_fn=reconstructions,
-        accumulation=cfg.distributed.gradient_accumulation_steps,
+        accumulation=cfg.distributed.gradient_accumulation_steps, fast=fast,
     )
 
 
@@ -124,25 +128,30 @@ def _diffusion_shape(image_shape: tuple[int, int, int], vae: nn.Module | None) -
 
 def build_ldm_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> tuple[StagePlan, Stage2Sampler]:
     """Stage 2: every enabled member (LDM, DDGAN, GAN) on one latent stream; the plan and an EMA sampler."""
+    fast = FastPath.resolve(cfg.perf, ctx.device)
     vae = load_stage2_vae(cfg, ctx.device)
+    if vae is not None:
+        vae = fast.layout(vae)
     info = describe_source(cfg.data)  # once per stage (for shards a read of the manifest)
     latents = LatentSource(vae)
     # Each member's initial weights depend on the seed and its name only, not on which others train.
     setup = build_stage2(cfg, latents, info.image_shape, _diffusion_shape(info.image_shape, vae),
                          info.num_classes if cfg.ldm.class_conditional else None,
                          on_member=lambda name: torch.manual_seed(cfg.seed + 1 + MEMBERS.index(name)))
-    engines = EngineSet({name: make_engine(name, net.module.to(ctx.device), net.optim, net.optimizer)
+    engines = EngineSet({name: make_engine(name, fast.layout(net.module.to(ctx.device)), net.optim, net.optimizer)
                          for name, net in setup.networks.items()})
     emas = {name: EMA(engines[name], net.ema_decay)
             for name, net in setup.networks.items() if net.ema_decay is not None}
+    fast.compile_engines(engines, setup.eager_networks)
     sampler = Stage2Sampler(setup.spec, latents,
                             {name: emas[m.sampling_network].model for name, m in setup.members.items()})
     plan = StagePlan(
         name="ldm", engines=engines, emas=emas, step_fn=setup.task.step,
-        stream=build_source_stream(cfg.data, cfg.stage2.batch_size, ctx.rank, ctx.world_size, cfg.seed),
+        stream=fast.wrap_stream(build_source_stream(cfg.data, cfg.stage2.batch_size, ctx.rank, ctx.world_size,
+                                                    cfg.seed), ctx.device),
         stage=cfg.stage2, seed=cfg.seed, stage_dir=run_dir(cfg) / "ldm", precision=cfg.precision,
         config_yaml=dump_yaml(cfg), sample_fn=lambda: grid_samples(sampler, cfg.stage2.num_samples),
-        accumulation=cfg.distributed.gradient_accumulation_steps,
+        accumulation=cfg.distributed.gradient_accumulation_steps, fast=fast,
         export_names={name: net.export_name for name, net in setup.networks.items()},
     )
     return plan, sampler
