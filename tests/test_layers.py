@@ -18,10 +18,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distdiff"
 LIBRARY = {"launchers", "train", "eval", "data", "tasks", "models", "diffusion", "losses", "nn", "config", "images",
            "console"}
 ALLOWED = {
-    "cli": LIBRARY | {"trilemma", "make_shards", "segment"},  # the command line and the entry modules it runs
+    "cli": LIBRARY | {"trilemma", "make_shards", "segment", "sample"},  # the command line and the entry modules it runs
     "trilemma": LIBRARY,
     "make_shards": LIBRARY,
     "segment": LIBRARY,
+    "sample": LIBRARY,
     "launchers": {"train", "eval", "data", "tasks", "models", "diffusion", "config", "nn", "losses", "images",
                   "console", "distdiff"},
     "train": {"tasks", "data", "models", "diffusion", "losses", "config", "nn", "images", "console"},
