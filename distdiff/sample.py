@@ -3,6 +3,7 @@
     python launch/sample.py --checkpoint runs/mnist-text/ldm/export --prompt "a handwritten seven" \\
         --guidance 3 --num 16 --out samples/                              # text-to-image
     python launch/sample.py --checkpoint runs/mnist-embedded --label 7 --sampler ddim --steps 50
+    (--label on a text-conditioned model draws the prompt its export records for that class)
     python launch/sample.py --checkpoint runs/mnist-embedded --sampler ddgan --num 64
     python launch/sample.py --checkpoint EXPORT --init-image in.png --strength 0.6      # image-to-image
     python launch/sample.py --checkpoint EXPORT --init-image in.png --mask mask.png     # inpainting
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num", type=int, default=16, help="number of samples")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     condition = parser.add_mutually_exclusive_group()
-    condition.add_argument("--label", type=int, help="class label for a class-conditional U-Net")
+    condition.add_argument("--label", type=int,
+                           help="class label (a text-conditioned U-Net takes its recorded prompt of the class)")
     condition.add_argument("--prompt", help="caption for a text-conditioned U-Net")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the export's)")
     parser.add_argument("--init-image", help="image to start from (image-to-image, inpainting); the model's size")
@@ -93,24 +95,33 @@ def _choose(spec, request: Request):
 
 def _conditioning(spec, model, request: Request) -> dict:
     """Keyword arguments of `Stage2Sampler.sample` for the label or prompt (checked against the model)."""
-    conditional = model.kind == "diffusion" and spec.num_classes is not None
+    diffusion = model.kind == "diffusion"
+    text = diffusion and spec.text is not None
+    classes = (len(spec.text["class_prompts"]) or None) if text else spec.num_classes if diffusion else None
+    where = f"model {model.name!r} of {request.checkpoint}"
+    if request.prompt is not None and not text:
+        raise SampleError(f"--prompt given, but {where} is not text-conditioned")
+    if request.label is not None and classes is None:
+        raise SampleError(f"--label given, but {where} is not class-conditional")
+    if request.guidance is not None and not (text or classes):
+        raise SampleError(f"--guidance given, but {where} is unconditional")
+    out: dict = {"guidance": request.guidance} if (text or classes) else {}
     if request.prompt is not None:
-        raise SampleError(f"--prompt given, but model {model.name!r} of {request.checkpoint} is not "
-                          "text-conditioned")
-    if request.label is not None and not conditional:
-        raise SampleError(f"--label given, but model {model.name!r} of {request.checkpoint} is not "
-                          "class-conditional")
-    if request.guidance is not None and not conditional:
-        raise SampleError(f"--guidance given, but model {model.name!r} of {request.checkpoint} is unconditional")
-    if not conditional:
-        return {}
-    if request.label is None:
-        labels = torch.arange(request.num) % spec.num_classes  # every class in turn
-    elif not 0 <= request.label < spec.num_classes:
-        raise SampleError(f"--label {request.label} is outside [0, {spec.num_classes})")
-    else:
-        labels = torch.full((request.num,), request.label, dtype=torch.int64)
-    return {"labels": labels, "guidance": request.guidance}
+        from distdiff.text import Tokenizer
+
+        try:
+            Tokenizer.from_record(spec.text).encode([request.prompt])
+        except ValueError as err:
+            raise SampleError(f"--prompt: {err}") from None
+        out["prompts"] = [request.prompt] * request.num
+    elif classes is not None:
+        if request.label is None:
+            out["labels"] = torch.arange(request.num) % classes  # every class in turn
+        elif not 0 <= request.label < classes:
+            raise SampleError(f"--label {request.label} is outside [0, {classes})")
+        else:  # a text model draws the record's prompt of that class
+            out["labels"] = torch.full((request.num,), request.label, dtype=torch.int64)
+    return out
 
 
 def _read_picture(path: str, what: str, mode: str, shape: tuple[int, int]):

@@ -29,6 +29,7 @@ from distdiff.diffusion import (
 from distdiff.diffusion.edit import keep_known, noise_to, strength_start
 from distdiff.tasks.latents import LatentSource
 from distdiff.tasks.spec import ModelSpec, SamplerSpec, Stage2Spec
+from distdiff.text import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -180,28 +181,58 @@ class Stage2Sampler:
             raise ValueError(f"no network for model(s) {', '.join(missing)}")
         self.spec, self.decoder, self.networks = spec, decoder, networks
         self._schedules = {m.name: m.schedule.build() for m in spec.models}
+        self.tokenizer = Tokenizer.from_record(spec.text) if spec.text else None
+
+    @property
+    def num_conditions(self) -> int | None:
+        """Classes a U-Net is conditioned on: its labels, or its record's class prompts (text), else None."""
+        if self.tokenizer is not None:
+            return len(self.spec.text["class_prompts"]) or None
+        return self.spec.num_classes
 
     def default_samplers(self, skip: Sequence[str] = ()) -> list[tuple[ModelSpec, SamplerSpec]]:
         """Every model's default samplers, except those named in `skip`."""
         return [(m, s) for m in self.spec.models for s in m.samplers if s.name not in skip]
 
-    def _model_call(self, model: ModelSpec, net: nn.Module, labels: torch.Tensor | None,
-                    guidance: float | None = None):
-        if model.kind != "diffusion" or self.spec.num_classes is None:
-            return net, {}
-        if labels is None:
-            raise ValueError("a class-conditional U-Net needs labels to sample")
-        scale = self.spec.guidance_scale if guidance is None else guidance
-        if scale == 1.0:
-            return net, {"y": labels}
-        return classifier_free_guidance(net, scale, self.spec.num_classes), {"y": labels}
+    def _condition(self, labels: torch.Tensor | None, prompts: Sequence[str] | None, device):
+        """(keyword, condition, null condition) of the U-Net, or None when it is unconditional.
 
-    def class_labels(self, indices: Sequence[int]) -> torch.Tensor | None:
-        """Balanced labels that depend on the sample index alone (index mod classes), or None."""
+        A text-conditioned U-Net takes `prompts`, or the record's class prompt of each label."""
+        if self.tokenizer is not None:
+            if prompts is None:
+                if labels is None or not self.spec.text["class_prompts"]:
+                    raise ValueError("a text-conditioned U-Net needs prompts (or labels of its class prompts)")
+                prompts = [self.spec.text["class_prompts"][i] for i in labels.tolist()]
+            return "text", self.tokenizer.encode(list(prompts)).to(device), self.tokenizer.null()
+        if prompts is not None:
+            raise ValueError("prompts given to a U-Net that is not text-conditioned")
         if self.spec.num_classes is None:
             return None
+        if labels is None:
+            raise ValueError("a class-conditional U-Net needs labels to sample")
+        return "y", labels, self.spec.num_classes
+
+    def _model_call(self, model: ModelSpec, net: nn.Module, labels: torch.Tensor | None,
+                    guidance: float | None = None, prompts: Sequence[str] | None = None):
+        if model.kind != "diffusion":
+            return net, {}
+        condition = self._condition(labels, prompts, next(net.parameters()).device)
+        if condition is None:
+            return net, {}
+        key, value, null = condition
+        scale = self.spec.guidance_scale if guidance is None else guidance
+        if scale == 1.0:
+            return net, {key: value}
+        return classifier_free_guidance(net, scale, null, key), {key: value}
+
+    def class_labels(self, indices: Sequence[int]) -> torch.Tensor | None:
+        """Balanced labels that depend on the sample index alone (index mod classes), or None.
+
+        For a text-conditioned U-Net they index the class prompts of its record."""
+        if self.num_conditions is None:
+            return None
         device = next(next(iter(self.networks.values())).parameters()).device
-        return torch.as_tensor(list(indices), device=device) % self.spec.num_classes
+        return torch.as_tensor(list(indices), device=device) % self.num_conditions
 
     @torch.no_grad()
     def warm_up(self, model: ModelSpec, batch_size: int) -> None:
@@ -225,7 +256,7 @@ class Stage2Sampler:
     @torch.no_grad()
     def sample(self, model: ModelSpec, settings: SamplerSpec, seeds: Sequence[int],
                labels: torch.Tensor | None = None, progress: bool = False, guidance: float | None = None,
-               edit: Edit | None = None) -> torch.Tensor:
+               edit: Edit | None = None, prompts: Sequence[str] | None = None) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1], one per seed.
 
         Args:
@@ -236,11 +267,13 @@ class Stage2Sampler:
             progress: show the sampler's progress bar.
             guidance: classifier-free guidance scale (default: the export's).
             edit: start from an init image (image-to-image, inpainting) instead of pure noise.
+            prompts: one caption per sample for a text-conditioned U-Net (default: the class prompt
+                of each label).
         """
         kind = sampler_kind(settings, model)
         net = self.networks[model.name]
         device = next(net.parameters()).device
-        call, kwargs = self._model_call(model, net, labels, guidance)
+        call, kwargs = self._model_call(model, net, labels, guidance, prompts)
         shape = (len(seeds), *self.spec.latent_shape)
         schedule, rngs = self._schedules[model.name], per_sample_generators(list(seeds), device)
         if edit is None:
