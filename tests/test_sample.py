@@ -193,3 +193,13 @@ def test_bad_inputs_give_one_clear_error(export, pictures, capsys, args, message
 def test_unknown_checkpoint_is_named(tmp_path):
     with pytest.raises(SampleError, match="does not exist"):
         generate(Request(str(tmp_path / "nothing")))
+
+
+def test_sampling_an_export_on_s3(export, pictures, s3_bucket):
+    from distdiff.data import storage
+
+    for path in export.iterdir():
+        storage.write_bytes(f"s3://{s3_bucket}/run/ldm/export/{path.name}", path.read_bytes())
+    request = dict(sampler="ddim", label=2, num=2, init_image=str(pictures / "init.png"), strength=0.5)
+    remote = generate(Request(f"s3://{s3_bucket}/run", **request))
+    torch.testing.assert_close(remote, generate(Request(str(export), **request)))
