@@ -61,8 +61,9 @@ def test_captions_survive_the_image_and_latent_shard_round_trip(tmp_path):
     encode_latent_shards(str(tmp_path / "img"), str(tmp_path / "lat"), PoolEncoder(factor=2, channels=4),
                          batch_size=16)
     assert describe_shards(str(tmp_path / "lat")).captions == manifest.meta["captions"]
-    for root, key in (("img", "image"), ("lat", "latent_mean")):
-        batch = next(iter(build_stream(str(tmp_path / root), batch_size=8, rank=0, world_size=1, seed=0)))
+    for root, key, workers in (("img", "image", 0), ("lat", "latent_mean", 0), ("img", "image", 1)):
+        batch = next(iter(build_stream(str(tmp_path / root), batch_size=8, rank=0, world_size=1, seed=0,
+                                       num_workers=workers)))  # 1: the captions cross a loader process
         assert key in batch and len(batch["txt"]) == 8
         assert batch["txt"] == [mnist_caption(int(label)) for label in batch["label"]]
 
@@ -198,6 +199,21 @@ def test_export_record_keeps_the_captions(text_export):
     from distdiff.eval.checkpoint import read_export_spec
 
     assert read_export_spec(str(text_export)).text == MNIST_RECORD
+
+
+def test_grids_and_evaluation_draw_the_class_prompts(text_export):
+    """What training grids and the evaluator call: balanced labels, which a text model reads as prompts."""
+    from distdiff.eval.checkpoint import EvalCheckpoint
+
+    checkpoint = EvalCheckpoint(str(text_export), "ldm:ddim")
+    sampler = checkpoint.build_sampler()
+    model, settings = checkpoint.selection[0]
+    labels = sampler.class_labels(range(12))
+    assert labels.tolist() == [i % 10 for i in range(12)]
+    sampler.warm_up(model, 3)
+    by_label = sampler.sample(model, settings, [0, 1], labels[:2])
+    by_prompt = sampler.sample(model, settings, [0, 1], prompts=["a handwritten zero", "a handwritten one"])
+    torch.testing.assert_close(by_label, by_prompt)
 
 
 # ---- wiring: config, stage 2, one training step -----------------------------------------------
