@@ -16,18 +16,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distdiff"
 
 # What each part of distdiff may import besides itself ("*": any part of the library).
 LIBRARY = {"launchers", "train", "eval", "data", "tasks", "models", "diffusion", "losses", "nn", "config", "images",
-           "console"}
+           "console", "text"}
 ALLOWED = {
-    "cli": LIBRARY | {"trilemma", "make_shards", "segment"},  # the command line and the entry modules it runs
+    "cli": LIBRARY | {"trilemma", "make_shards", "segment", "sample"},  # the command line and the entry modules it runs
     "trilemma": LIBRARY,
     "make_shards": LIBRARY,
     "segment": LIBRARY,
+    "sample": LIBRARY,
     "launchers": {"train", "eval", "data", "tasks", "models", "diffusion", "config", "nn", "losses", "images",
-                  "console", "distdiff"},
-    "train": {"tasks", "data", "models", "diffusion", "losses", "config", "nn", "images", "console"},
-    "eval": {"tasks", "data", "models", "diffusion", "config", "nn", "images", "console"},
-    "tasks": {"models", "diffusion", "losses", "nn", "config"},
-    "data": {"config"},
+                  "console", "distdiff", "text"},
+    "train": {"tasks", "data", "models", "diffusion", "losses", "config", "nn", "images", "console", "text"},
+    "eval": {"tasks", "data", "models", "diffusion", "config", "nn", "images", "console", "text"},
+    "tasks": {"models", "diffusion", "losses", "nn", "config", "text"},
+    "data": {"config", "text"},
     "models": {"nn"},
     "diffusion": {"console"},  # progress bars of the samplers (tqdm, imported on use)
     "losses": set(),
@@ -35,6 +36,7 @@ ALLOWED = {
     "config": set(),
     "images": set(),
     "console": set(),
+    "text": set(),  # the caption tokenizer (torch only)
     "distdiff": set(),  # the package's own __init__
     # Scaffolding: benchmarks and test servers may use anything; nothing in the library uses them.
     "bench": LIBRARY | {"testing"},

@@ -22,11 +22,12 @@ from distdiff.config.schema import (
     RunConfig,
     SegConfig,
     StageConfig,
+    TextConfig,
     VAEConfig,
 )
 
 __all__ = [
     "ConfigError", "apply_overrides", "deep_merge", "dump_yaml", "from_dict", "load_config", "load_yaml",
     "parse_override", "to_dict", "DataConfig", "DDGANConfig", "DistributedConfig", "EvalConfig", "LDMConfig",
-    "OptimConfig", "PerfConfig", "RunConfig", "SegConfig", "StageConfig", "VAEConfig",
+    "OptimConfig", "PerfConfig", "RunConfig", "SegConfig", "StageConfig", "TextConfig", "VAEConfig",
 ]

@@ -100,6 +100,29 @@ class VAEConfig:
 
 
 @dataclass
+class TextConfig:
+    """Caption conditioning of the U-Net: a small transformer text encoder trained with it.
+
+    The tokenizer is word level over the vocabulary of the dataset's captions (`distdiff.text`);
+    captions are dropped (replaced by the empty caption) with probability `caption_dropout` for
+    classifier-free guidance.
+    """
+
+    enabled: bool = False
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    cross_attention_levels: tuple[int, ...] = (0, 1)  # U-Net levels with cross-attention (and the middle)
+    caption_dropout: float = 0.1
+
+    def validate(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"ldm.text.width {self.width} must be divisible by ldm.text.heads {self.heads}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"ldm.text.caption_dropout must be in [0, 1), got {self.caption_dropout}")
+
+
+@dataclass
 class LDMConfig:
     """Stage 2a: the DDPM U-Net on scaled VAE latents."""
 
@@ -118,8 +141,11 @@ class LDMConfig:
     # manifold far earlier in training (short demo runs) at the same cost.
     ddim_eta: float = 0.0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, weight_decay=0.0))
+    text: TextConfig = field(default_factory=TextConfig)
 
     def validate(self) -> None:
+        if self.text.enabled and self.class_conditional:
+            raise ValueError("ldm.text.enabled and ldm.class_conditional exclude each other: pick one condition")
         if not 1 <= self.ddim_steps <= self.num_steps:
             raise ValueError(f"ldm.ddim_steps must be in [1, ldm.num_steps={self.num_steps}], got {self.ddim_steps}")
         if self.ddim_eta < 0:

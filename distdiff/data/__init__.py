@@ -42,6 +42,7 @@ class DatasetInfo:
     num_classes: int
     kind: str = "images"  # or "latents"
     latent_shape: tuple[int, int, int] | None = None
+    captions: dict | None = None  # the captions' record (`distdiff.text.caption_record`) when samples have them
 
 
 def describe_shards(source: str) -> DatasetInfo:
@@ -52,7 +53,7 @@ def describe_shards(source: str) -> DatasetInfo:
     meta = manifest.meta
     shape = (meta["channels"], meta["height"], meta["width"])
     if manifest.kind == "image":
-        return DatasetInfo(shape, int(meta.get("num_classes", 0)))
+        return DatasetInfo(shape, int(meta.get("num_classes", 0)), captions=meta.get("captions"))
     image = meta.get("image", {})
     image_shape = (image.get("channels", 0), image.get("height", 0), image.get("width", 0))
-    return DatasetInfo(image_shape, int(meta.get("num_classes", 0)), "latents", shape)
+    return DatasetInfo(image_shape, int(meta.get("num_classes", 0)), "latents", shape, meta.get("captions"))

@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from distdiff.data.captions import captions_of_classes, mnist_caption, stacked_mnist_caption
+
 EMBEDDED_MNIST_FILE = ("data", "data", "mnist_5k.csv.gz")
 IMAGE_SIDE = 32  # the 28x28 digits are zero-padded to 32x32 so they halve cleanly
 
@@ -106,10 +108,21 @@ class EmbeddedDataset:
     num_classes: int
     load: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
     fixed_size: int | None = None
+    captioner: Callable[[int, int], str] | None = None  # (label, index) -> caption
 
     def size(self, drawn: int) -> int:
         """How many images `load(drawn, seed)` returns."""
         return self.fixed_size if self.fixed_size is not None else drawn
+
+    def captions(self, labels: np.ndarray) -> list[str] | None:
+        """The caption of each sample of a draw with these labels (None without a captioner)."""
+        if self.captioner is None:
+            return None
+        return [self.captioner(int(label), i) for i, label in enumerate(labels)]
+
+    def caption_record(self) -> dict | None:
+        """Vocabulary and one prompt per class of the captions (see `distdiff.text.caption_record`)."""
+        return None if self.captioner is None else captions_of_classes(self.captioner, self.num_classes)
 
 
 def _stacked(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +132,9 @@ def _stacked(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 EMBEDDED_DATASETS: dict[str, EmbeddedDataset] = {
     dataset.name: dataset for dataset in (
         EmbeddedDataset("embedded-mnist", (1, IMAGE_SIDE, IMAGE_SIDE), 10, lambda size, seed: load_embedded_mnist(),
-                        fixed_size=5000),
-        EmbeddedDataset("embedded-stacked-mnist", (3, IMAGE_SIDE, IMAGE_SIDE), 1000, _stacked),
+                        fixed_size=5000, captioner=mnist_caption),
+        EmbeddedDataset("embedded-stacked-mnist", (3, IMAGE_SIDE, IMAGE_SIDE), 1000, _stacked,
+                        captioner=stacked_mnist_caption),
     )
 }
 

@@ -14,15 +14,18 @@ import re
 import tarfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
+from distdiff.data.captions import (
+    Captioner, caption_file, cifar_captioner, mnist_caption, stacked_mnist_caption,
+)
 from distdiff.data.errors import DataError
 
-Sample = tuple[str, np.ndarray, int, dict]  # key, uint8 (C, H, W), label, extra json
+Sample = tuple[str, np.ndarray, int, dict]  # key, uint8 (C, H, W), label, extra json (its "caption": the txt member)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
@@ -34,6 +37,7 @@ class ImageSource:
     meta: dict  # channels, height, width, num_classes, optional class_names
     samples: Callable[[], Iterator[Sample]]
     count: int | None = None
+    class_prompts: list[str] | None = None  # one caption per class, for grids and evaluation
 
 
 # ---- CIFAR-10 --------------------------------------------------------------------------------
@@ -93,7 +97,7 @@ def cifar10(path: str | Path, split: str = "train") -> ImageSource:
     batches = [_unpickle(files[n], n) for n in names]
     images = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
     labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
-    return _array_source(f"cifar10-{split}", images, labels, class_names)
+    return _array_source(f"cifar10-{split}", images, labels, class_names, captioner=cifar_captioner(class_names))
 
 
 # ---- MNIST idx -------------------------------------------------------------------------------
@@ -146,7 +150,7 @@ def read_mnist(path: str | Path, split: str = "train", pad_to: int = 32) -> tupl
 def mnist(path: str | Path, split: str = "train", pad_to: int = 32) -> ImageSource:
     """MNIST (or Fashion-MNIST) idx files, digits zero-padded to `pad_to` pixels."""
     images, labels = read_mnist(path, split, pad_to)
-    return _array_source(f"mnist-{split}", images, labels, [str(i) for i in range(10)])
+    return _array_source(f"mnist-{split}", images, labels, [str(i) for i in range(10)], captioner=mnist_caption)
 
 
 def stacked_mnist(path: str | Path, split: str = "train", num: int = 60000, seed: int = 0,
@@ -155,7 +159,8 @@ def stacked_mnist(path: str | Path, split: str = "train", num: int = 60000, seed
     from distdiff.data.embedded import make_stacked_mnist
 
     images, labels = make_stacked_mnist(*read_mnist(path, split, pad_to), num, seed)
-    return _array_source(f"stacked-mnist-{split}", images, labels, None, num_classes=1000)
+    return _array_source(f"stacked-mnist-{split}", images, labels, None, num_classes=1000,
+                         captioner=stacked_mnist_caption)
 
 
 def embedded_mnist() -> ImageSource:
@@ -163,7 +168,7 @@ def embedded_mnist() -> ImageSource:
     from distdiff.data.embedded import EMBEDDED_DATASETS
 
     images, labels = EMBEDDED_DATASETS["embedded-mnist"].load(0, 0)
-    return _array_source("embedded-mnist", images, labels, [str(i) for i in range(10)])
+    return _array_source("embedded-mnist", images, labels, [str(i) for i in range(10)], captioner=mnist_caption)
 
 
 def embedded_stacked_mnist(num: int = 20000, seed: int = 0) -> ImageSource:
@@ -172,11 +177,12 @@ def embedded_stacked_mnist(num: int = 20000, seed: int = 0) -> ImageSource:
 
     dataset = EMBEDDED_DATASETS["embedded-stacked-mnist"]
     images, labels = dataset.load(num, seed)
-    return _array_source(dataset.name, images, labels, None, num_classes=dataset.num_classes)
+    return _array_source(dataset.name, images, labels, None, num_classes=dataset.num_classes,
+                         captioner=stacked_mnist_caption)
 
 
 def _array_source(name: str, images: np.ndarray, labels: np.ndarray, class_names: list[str] | None,
-                  num_classes: int | None = None) -> ImageSource:
+                  num_classes: int | None = None, captioner: Captioner | None = None) -> ImageSource:
     meta = {"channels": int(images.shape[1]), "height": int(images.shape[2]), "width": int(images.shape[3]),
             "num_classes": num_classes or len(class_names or [])}
     if class_names:
@@ -184,12 +190,22 @@ def _array_source(name: str, images: np.ndarray, labels: np.ndarray, class_names
 
     def samples() -> Iterator[Sample]:
         for i in range(len(images)):
-            yield f"{name}-{i:07d}", images[i], int(labels[i]), {"index": i}
+            extra = {"index": i}
+            if captioner is not None:
+                extra["caption"] = captioner(int(labels[i]), i)
+            yield f"{name}-{i:07d}", images[i], int(labels[i]), extra
 
-    return ImageSource(name, meta, samples, len(images))
+    prompts = [captioner(label, 0) for label in range(meta["num_classes"])] if captioner else None
+    return ImageSource(name, meta, samples, len(images), prompts)
 
 
 # ---- image files -----------------------------------------------------------------------------
+def _with_caption(extra: dict, image: Path) -> dict:
+    """`extra` plus the caption file beside `image`, when there is one."""
+    caption = caption_file(image)
+    return extra if caption is None else {**extra, "caption": caption}
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Scale the shorter side to `size` (Lanczos), then cut the centred size x size square."""
     w, h = img.size
@@ -248,7 +264,7 @@ def image_folder(path: str | Path, resolution: int | None = None, channels: int 
                 array = _to_array(img, channels, resolution)
             if array.shape[1:] != (height, width):
                 raise DataError(f"{file} is {array.shape[2]}x{array.shape[1]}, not {width}x{height}; pass a resolution")
-            yield sample_key(i, Path(rel).stem), array, label, {"file": rel}
+            yield sample_key(i, Path(rel).stem), array, label, _with_caption({"file": rel}, file)
 
     return ImageSource(f"folder-{root.name}", meta, samples, len(files))
 
@@ -261,7 +277,8 @@ def celebahq(path: str | Path, resolution: int = 256) -> ImageSource:
     if not zipfile.is_zipfile(path):
         raise DataError(f"CelebA-HQ source {path} is neither a folder nor a zip file")
     with zipfile.ZipFile(path) as archive:
-        names = sorted(n for n in archive.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+        members = set(archive.namelist())
+        names = sorted(n for n in members if Path(n).suffix.lower() in IMAGE_SUFFIXES)
     if not names:
         raise DataError(f"no images in {path}")
     meta = {"channels": 3, "height": resolution, "width": resolution, "num_classes": 1}
@@ -269,8 +286,12 @@ def celebahq(path: str | Path, resolution: int = 256) -> ImageSource:
     def samples() -> Iterator[Sample]:
         with zipfile.ZipFile(path) as archive:
             for i, name in enumerate(names):
+                extra = {"file": name}
+                text = str(PurePosixPath(name).with_suffix(".txt"))
+                if text in members:
+                    extra["caption"] = archive.read(text).decode("utf-8").strip()
                 with Image.open(io.BytesIO(archive.read(name))) as img:
-                    yield sample_key(i, Path(name).stem), _to_array(img, 3, resolution), 0, {"file": name}
+                    yield sample_key(i, Path(name).stem), _to_array(img, 3, resolution), 0, extra
 
     return ImageSource("celebahq", meta, samples, len(names))
 
@@ -286,7 +307,7 @@ def image_folder_flat(root: Path, resolution: int, name: str) -> ImageSource:
         for i, file in enumerate(files):
             rel = file.relative_to(root).as_posix()
             with Image.open(file) as img:
-                yield sample_key(i, file.stem), _to_array(img, 3, resolution), 0, {"file": rel}
+                yield sample_key(i, file.stem), _to_array(img, 3, resolution), 0, _with_caption({"file": rel}, file)
 
     return ImageSource(name, meta, samples, len(files))
 

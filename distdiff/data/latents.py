@@ -58,11 +58,15 @@ def encode_shard(source: str, manifest: Manifest, index: int, dest: str, encoder
     if hashlib.sha256(content).hexdigest() != info.sha256:
         raise DataError(f"shard {info.name} of {source} fails its sha256 checksum; not encoding it")
     samples, error = parse_tar(content, info.name)
-    keys, images, labels, skipped = [], [], [], 0
+    keys, images, labels, captions, skipped = [], [], [], [], 0
     for members in samples:
         try:
-            images.append(decode_image(members, manifest.meta))  # (C, H, W) uint8
-            labels.append(int(members["cls"]))
+            image = decode_image(members, manifest.meta)  # (C, H, W) uint8
+            label = int(members["cls"])
+            caption = members["txt"].decode("utf-8") if "txt" in members else None
+            images.append(image)
+            labels.append(label)
+            captions.append(caption)
             keys.append(members["__key__"])
         except Exception as err:  # noqa: BLE001 - a bad sample is left out of the latent shard
             skipped += 1
@@ -80,7 +84,8 @@ def encode_shard(source: str, manifest: Manifest, index: int, dest: str, encoder
         means.append(mean.float().cpu().numpy())
         logvars.append(logvar.float().cpu().numpy())
     mean, logvar = np.concatenate(means), np.concatenate(logvars)  # (n, c, h, w) each
-    data = build_tar([(k, latent_sample(mean[i], logvar[i], labels[i])) for i, k in enumerate(keys)])
+    data = build_tar([(k, latent_sample(mean[i], logvar[i], labels[i], caption=captions[i]))
+                      for i, k in enumerate(keys)])
     storage.write_bytes(storage.join(dest, info.name), data)
     shard = ShardInfo(info.name, len(keys), len(data), hashlib.sha256(data).hexdigest())
     return {"index": index, "shard": vars(shard), "latent_shape": list(mean.shape[1:]), "skipped": skipped}
@@ -133,6 +138,8 @@ def encode_latent_shards(source: str, dest: str, encoder, batch_size: int = 64, 
     meta = {"channels": c, "height": h, "width": w, "num_classes": manifest.meta.get("num_classes", 0),
             "image": manifest.meta, "encoder": encoder.describe(), "source_dataset_hash": manifest.dataset_hash,
             "skipped": sum(r["skipped"] for r in results)}
+    if "captions" in manifest.meta:
+        meta["captions"] = manifest.meta["captions"]
     latent = Manifest(kind="latent", shards=[ShardInfo(**r["shard"]) for r in results], meta=meta)
     write_manifest(dest, latent)
     return latent

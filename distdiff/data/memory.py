@@ -6,7 +6,7 @@ any sample and an exact, elastic resume is a single global cursor.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ class ArrayStream:
     global batches of the new size. The tail of an epoch shorter than one global batch is skipped
     (and counted in `metrics()["skipped_tail_samples"]`). With `hflip`, each sample is mirrored with
     probability 1/2, drawn from (seed, epoch) like the order, so a resumed run flips the same samples.
+    With `captions` (one per image) batches carry them as "txt".
     """
 
     def __init__(
@@ -38,9 +39,13 @@ class ArrayStream:
         world_size: int = 1,
         seed: int = 0,
         hflip: bool = False,
+        captions: Sequence[str] | None = None,
     ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if captions is not None and len(captions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(captions)} captions")
+        self.captions = list(captions) if captions is not None else None
         if len(images) < batch_size * world_size:
             raise ValueError(
                 f"dataset of {len(images)} samples is smaller than one global batch "
@@ -82,7 +87,10 @@ class ArrayStream:
             images = self.images[index]  # (B, C, H, W) uint8
             if self.hflip:
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            yield {"image": uint8_to_unit_range(images), "label": self.labels[index]}
+            batch = {"image": uint8_to_unit_range(images), "label": self.labels[index]}
+            if self.captions is not None:
+                batch["txt"] = [self.captions[i] for i in index.tolist()]  # B strings
+            yield batch
 
     def state_dict(self) -> dict:
         """The position after the last batch handed out, as plain data."""

@@ -81,12 +81,12 @@ class MissingMember(DataError):
 class Item:
     """One position of the epoch travelling through the stages; `problem` is (reason, text) or None."""
 
-    __slots__ = ("epoch", "position", "shard", "index", "key", "members", "problem", "array", "label")
+    __slots__ = ("epoch", "position", "shard", "index", "key", "members", "problem", "array", "label", "caption")
 
     def __init__(self, epoch: int, position: int, shard: int, index: int):
         self.epoch, self.position, self.shard, self.index = epoch, position, shard, index
         self.key, self.members, self.problem = "?", None, None
-        self.array, self.label = None, -1
+        self.array, self.label, self.caption = None, -1, None
 
 
 def stage_plan(plans, cfg: ReadConfig, num_workers: int, worker: int):
@@ -185,6 +185,8 @@ def stage_decode(items, cfg: ReadConfig):
                     raise MissingMember("no .cls member")
                 item.label = int(item.members["cls"])
                 item.array = decode(item.members, meta)
+                if "txt" in item.members:
+                    item.caption = item.members["txt"].decode("utf-8")
             except MissingMember as err:
                 item.problem = ("missing_member", str(err))
             except Exception as err:  # noqa: BLE001 - any undecodable sample is skipped and counted
@@ -242,13 +244,17 @@ def stage_batch(items, cfg: ReadConfig, stats: Counter, messages: list):
         ints = torch.tensor([[it.label, i] for it, i in zip(filled, index)], dtype=torch.int64)  # (B, 2)
         info = {"bad": bad, "reasons": dict(reasons), "retries": stats.pop("retries", 0),
                 "messages": messages[:MAX_MESSAGES]}
+        if cfg.manifest.meta.get("captions"):  # strings travel beside the tensors, in the batch's info
+            info["txt"] = [it.caption or "" for it in filled]
         messages.clear()
         yield data, ints, info
 
 
-def unpack_batch(kind: str, data: torch.Tensor, ints: torch.Tensor) -> dict:
-    """The batch dict handed to the trainer, from the two tensors a worker sends."""
+def unpack_batch(kind: str, data: torch.Tensor, ints: torch.Tensor, captions: list[str] | None = None) -> dict:
+    """The batch dict handed to the trainer, from the two tensors a worker sends (and its captions)."""
     batch = {"label": ints[:, 0].contiguous(), "index": ints[:, 1].contiguous()}  # (B,) each; index -1 = filled
+    if captions is not None:
+        batch["txt"] = list(captions)  # B strings
     if kind == "image":
         batch["image"] = data.to(torch.float32) / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
     else:

@@ -43,8 +43,10 @@ def build_stream(source: str, batch_size: int, rank: int, world_size: int, seed:
     if source in EMBEDDED_DATASETS:
         from distdiff.data.memory import ArrayStream
 
-        images, labels = EMBEDDED_DATASETS[source].load(stacked_size, seed)
-        return ArrayStream(images, labels, batch_size, rank, world_size, seed, hflip=hflip)
+        dataset = EMBEDDED_DATASETS[source]
+        images, labels = dataset.load(stacked_size, seed)
+        return ArrayStream(images, labels, batch_size, rank, world_size, seed, hflip=hflip,
+                           captions=dataset.captions(labels))
     manifest = _streamable(read_manifest(source), source)
     return ShardStream(source, manifest, batch_size, rank, world_size, seed, num_workers, epochs=epochs,
                        max_bad_fraction=max_bad_fraction, hflip=hflip, verify_checksums=verify_checksums,

@@ -144,7 +144,7 @@ class ShardStream:
             return
         for data, ints, info in self._source(start):
             self._account(info)
-            batch = unpack_batch(self.manifest.kind, data, ints)
+            batch = unpack_batch(self.manifest.kind, data, ints, info.get("txt"))
             self._batches += 1
             self._seen_local += self.batch_size
             more = True

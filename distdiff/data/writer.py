@@ -20,6 +20,7 @@ from PIL import Image
 from distdiff.data import storage
 from distdiff.data.errors import DataError
 from distdiff.data.manifest import KINDS, Manifest, ShardInfo, manifest_url, write_manifest
+from distdiff.text import caption_record
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")  # no dots: webdataset splits the extension at the first dot
 
@@ -41,12 +42,16 @@ def encode_npy(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def image_sample(image: np.ndarray, label: int, extra: dict | None = None) -> dict[str, bytes]:
-    """The tar members of one image sample: png, cls, json."""
-    return {"png": encode_png(image), "cls": str(int(label)).encode(), "json": json.dumps(extra or {}).encode()}
+def image_sample(image: np.ndarray, label: int, extra: dict | None = None, caption: str | None = None) -> dict[str, bytes]:
+    """The tar members of one image sample: png, cls, json, and txt (the caption) when there is one."""
+    members = {"png": encode_png(image), "cls": str(int(label)).encode(), "json": json.dumps(extra or {}).encode()}
+    if caption is not None:
+        members["txt"] = caption.encode("utf-8")
+    return members
 
 
-def latent_sample(mean: np.ndarray, logvar: np.ndarray, label: int, extra: dict | None = None) -> dict[str, bytes]:
+def latent_sample(mean: np.ndarray, logvar: np.ndarray, label: int, extra: dict | None = None,
+                  caption: str | None = None) -> dict[str, bytes]:
     """The tar members of one latent sample: npy (2, c, h, w) float32 = [mean, logvar], cls (+ json if extra).
 
     The json member is optional here because a tar member costs at least 1 KiB (header + padding),
@@ -56,6 +61,8 @@ def latent_sample(mean: np.ndarray, logvar: np.ndarray, label: int, extra: dict 
     members = {"npy": encode_npy(stacked), "cls": str(int(label)).encode()}
     if extra:
         members["json"] = json.dumps(extra).encode()
+    if caption is not None:
+        members["txt"] = caption.encode("utf-8")  # the image's caption travels with its latent
     return members
 
 
@@ -180,9 +187,15 @@ def write_image_shards(source, dest: str, shard_size: int = 1000, overwrite: boo
         limit: write only the first `limit` samples.
     """
     meta = {**source.meta, "source": source.name}
+    captions: set[str] = set()
     with ShardWriter(dest, "image", meta, shard_size, prefix=source.name, overwrite=overwrite) as writer:
         for n, (key, image, label, extra) in enumerate(source.samples()):
             if limit is not None and n >= limit:
                 break
-            writer.write(key, image_sample(image, label, extra))
+            caption = extra.pop("caption", None) if extra else None
+            if caption is not None:
+                captions.add(caption)
+            writer.write(key, image_sample(image, label, extra, caption))
+        if captions:  # the vocabulary of what was written, and the class prompts of a templated set
+            writer.meta["captions"] = caption_record(sorted(captions), source.class_prompts or ())
     return writer.manifest

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from distdiff.diffusion.ddpm import posterior_mean_variance
+from distdiff.diffusion.ddpm import StepHook, posterior_mean_variance, steps_from
 from distdiff.diffusion.rng import GeneratorLike, randn
 from distdiff.diffusion.schedules import Schedule, extract
 
@@ -83,6 +83,8 @@ def ddgan_sample(
     device: Optional[Union[str, torch.device]] = None,
     dtype: torch.dtype = torch.float32,
     x_T: Optional[torch.Tensor] = None,
+    start_step: Optional[int] = None,
+    after_step: Optional[StepHook] = None,
 ) -> torch.Tensor:
     """DDGAN sampling: exactly T generator evaluations, t = T-1 down to 0.
 
@@ -98,6 +100,9 @@ def ddgan_sample(
         device: device of the samples (default: the generator's device, else CPU).
         dtype: dtype of the samples and of z.
         x_T: optional starting noise (B, C, H, W), used instead of drawing it.
+        start_step: the step whose input ``x_T`` is when not T-1 (x_T then has q's noise level
+            abar[start_step]; the paper's stroke-based synthesis starts there).
+        after_step: ``after_step(x, step)`` after each step, x then at noise level step (-1: clean).
 
     Returns:
         x0 samples, (B, C, H, W).
@@ -107,10 +112,12 @@ def ddgan_sample(
     else:
         x = randn(shape, rng, device=device, dtype=dtype)  # (B, C, H, W)
     batch = x.shape[0]
-    for i in range(schedule.num_steps - 1, -1, -1):
+    for i in steps_from(list(range(schedule.num_steps - 1, -1, -1)), start_step):
         t = torch.full((batch,), i, dtype=torch.int64, device=x.device)
         z = randn((batch, nz), rng, device=x.device, dtype=dtype)  # (B, nz)
         x0 = generator_net(x, t, z)
         noise = randn(x.shape, rng, device=x.device, dtype=dtype) if i > 0 else None
-        x = ddgan_posterior_sample(schedule, x0, x, t, noise)
+        x = ddgan_posterior_sample(schedule, x0, x, t, noise)  # now at q's noise level of step i - 1
+        if after_step is not None:
+            x = after_step(x, i - 1)
     return x

@@ -21,6 +21,7 @@ from distdiff.diffusion.schedules import Schedule, extract
 
 Model = Callable[..., torch.Tensor]
 Device = Optional[Union[str, torch.device]]
+StepHook = Callable[[torch.Tensor, int], torch.Tensor]  # (x now at noise level `step`, step) -> x; -1 = clean
 
 
 def q_sample(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -152,14 +153,38 @@ def _initial_noise(shape, generator, device, dtype, x_T):
     return randn(shape, generator, device=device, dtype=dtype)
 
 
-def _denoise(model, x, timesteps: List[int], model_kwargs, progress: bool, desc: str, update) -> torch.Tensor:
+def _denoise(model, x, timesteps: List[int], model_kwargs, progress: bool, desc: str, update,
+             after_step: Optional[StepHook] = None) -> torch.Tensor:
     """The loop both samplers share: for each step t (next step t_prev, -1 after the last) one model
-    call, then ``x = update(x, eps, t, t_prev)`` with t an int64 (B,) tensor and t_prev an int."""
+    call, then ``x = update(x, eps, t, t_prev)`` with t an int64 (B,) tensor and t_prev an int, then
+    ``x = after_step(x, t_prev)`` when given (inpainting puts the known region back there)."""
     kwargs = model_kwargs or {}
     for i, prev in _progress(list(zip(timesteps, timesteps[1:] + [-1])), progress, desc):
         t = torch.full((x.shape[0],), i, dtype=torch.int64, device=x.device)
         x = update(x, model(x, t, **kwargs), t, prev)
+        if after_step is not None:
+            x = after_step(x, prev)
     return x
+
+
+def steps_from(timesteps: List[int], start_step: Optional[int]) -> List[int]:
+    """The descending ``timesteps`` a sampler runs when its input x_T sits at noise level ``start_step``.
+
+    None keeps them all. Otherwise the steps after ``start_step`` are dropped and ``start_step``
+    itself leads (added when it is not on the grid: DDIM can leave from any step).
+
+    Args:
+        timesteps: descending steps of the full sampler.
+        start_step: noise level of the starting sample, in [0, timesteps[0]], or None.
+
+    Returns:
+        Descending steps, the first being ``start_step`` (or timesteps[0]).
+    """
+    if start_step is None:
+        return list(timesteps)
+    if not 0 <= start_step <= timesteps[0]:
+        raise ValueError(f"start_step must be in [0, {timesteps[0]}], got {start_step}")
+    return [start_step] + [t for t in timesteps if t < start_step]
 
 
 @torch.no_grad()
@@ -174,6 +199,8 @@ def ddpm_sample(
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
     x_T: Optional[torch.Tensor] = None,
+    start_step: Optional[int] = None,
+    after_step: Optional[StepHook] = None,
 ) -> torch.Tensor:
     """Ancestral sampling (Algorithm 2 of Ho et al.) through all T steps.
 
@@ -191,6 +218,9 @@ def ddpm_sample(
         progress: show a tqdm progress bar.
         dtype: dtype of the samples.
         x_T: optional starting noise (B, C, H, W), used instead of drawing it.
+        start_step: the noise level of ``x_T`` when it is not T-1 (image-to-image: the steps above
+            it are skipped).
+        after_step: ``after_step(x, step)`` after each update, x then at noise level step (-1: clean).
 
     Returns:
         x0 samples, (B, C, H, W).
@@ -201,7 +231,8 @@ def ddpm_sample(
         return ddpm_step(schedule, eps, x, t, noise, variance=variance)
 
     x = _initial_noise(shape, generator, device, dtype, x_T)  # (B, C, H, W)
-    return _denoise(model, x, list(range(schedule.num_steps - 1, -1, -1)), model_kwargs, progress, "ddpm", update)
+    timesteps = steps_from(list(range(schedule.num_steps - 1, -1, -1)), start_step)
+    return _denoise(model, x, timesteps, model_kwargs, progress, "ddpm", update, after_step)
 
 
 def ddim_timesteps(num_steps: int, steps: int) -> List[int]:
@@ -271,6 +302,8 @@ def ddim_sample(
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
     x_T: Optional[torch.Tensor] = None,
+    start_step: Optional[int] = None,
+    after_step: Optional[StepHook] = None,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021) on ``ddim_timesteps(T, steps)``.
 
@@ -284,7 +317,8 @@ def ddim_sample(
         shape: (B, C, H, W) of the samples.
         steps: number of network evaluations.
         eta: stochasticity (0 = deterministic DDIM, 1 = DDPM posterior variance).
-        generator, device, model_kwargs, progress, dtype, x_T: as for ``ddpm_sample``.
+        generator, device, model_kwargs, progress, dtype, x_T, start_step, after_step: as for
+            ``ddpm_sample`` (with ``start_step`` the grid's later steps are kept).
 
     Returns:
         x0 samples, (B, C, H, W).
@@ -295,30 +329,36 @@ def ddim_sample(
         return ddim_step(schedule, eps, x, t, torch.full_like(t, prev), eta=eta, noise=noise)
 
     x = _initial_noise(shape, generator, device, dtype, x_T)  # (B, C, H, W)
-    return _denoise(model, x, ddim_timesteps(schedule.num_steps, steps), model_kwargs, progress, "ddim", update)
+    timesteps = steps_from(ddim_timesteps(schedule.num_steps, steps), start_step)
+    return _denoise(model, x, timesteps, model_kwargs, progress, "ddim", update, after_step)
 
 
-def classifier_free_guidance(model: Model, scale: float, null_label: int) -> Callable[..., torch.Tensor]:
-    """Wrap a class-conditional eps model for classifier-free guidance (Ho & Salimans 2022).
+def classifier_free_guidance(model: Model, scale: float, null_label: Union[int, torch.Tensor],
+                             key: str = "y") -> Callable[..., torch.Tensor]:
+    """Wrap a conditional eps model for classifier-free guidance (Ho & Salimans 2022).
 
-    eps = eps(x, t, null) + scale * (eps(x, t, y) - eps(x, t, null)); scale = 1 is the plain
+    eps = eps(x, t, null) + scale * (eps(x, t, c) - eps(x, t, null)); scale = 1 is the plain
     conditional model, scale = 0 the unconditional one. Both predictions come from one batched
     forward pass of size 2B.
 
     Args:
-        model: ``model(x_t, t, y=labels) -> eps``, trained with label dropout to ``null_label``.
+        model: ``model(x_t, t, **{key: condition}) -> eps``, trained with condition dropout to the null one.
         scale: guidance scale w.
-        null_label: the label index meaning "no class".
+        null_label: the null condition: a label index meaning "no class", or one condition row
+            (e.g. the token ids of the empty caption, (L,)) broadcast over the batch.
+        key: the keyword the model takes its condition by ("y": class labels, "text": token ids).
 
     Returns:
-        Callable ``(x_t, t, y) -> eps`` usable as a sampler's model with ``model_kwargs={"y": y}``.
+        Callable ``(x_t, t, **{key: c}) -> eps`` usable as a sampler's model with ``model_kwargs={key: c}``.
     """
 
-    def guided(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def guided(x_t: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        cond = kwargs[key]  # (B,) labels or (B, L) tokens
+        null = (torch.full_like(cond, null_label) if isinstance(null_label, int)
+                else null_label.to(cond.device).expand_as(cond))
         x_in = torch.cat([x_t, x_t])  # (2B, C, H, W)
         t_in = torch.cat([t, t])  # (2B,)
-        y_in = torch.cat([y, torch.full_like(y, null_label)])  # (2B,)
-        eps_cond, eps_uncond = model(x_in, t_in, y=y_in).chunk(2)
+        eps_cond, eps_uncond = model(x_in, t_in, **{key: torch.cat([cond, null])}).chunk(2)
         return eps_uncond + scale * (eps_cond - eps_uncond)
 
     return guided

@@ -72,6 +72,28 @@ def _local_copy(root: str, names: list[str], local: Path | None) -> Path:
     return local
 
 
+def _read_spec(root: str, path: Path) -> Stage2Spec:
+    """The record of the export at `root`, read from its local copy `path`."""
+    where = join(root, EXPORT_FILE)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{where} is not valid JSON: {err}") from err
+    try:
+        return Stage2Spec.from_dict(data)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: {err}: not a distdiff stage-2 export of this version") from None
+
+
+def read_export_spec(path: str) -> Stage2Spec:
+    """The `Stage2Spec` of an export (folder, run folder or s3:// prefix), without touching its weights."""
+    root = _resolve_root(str(path))
+    if not is_s3(root):
+        return _read_spec(root, Path(root) / EXPORT_FILE)
+    with tempfile.TemporaryDirectory(prefix="distdiff-export-") as tmp:
+        return _read_spec(root, _local_copy(root, [EXPORT_FILE], Path(tmp)) / EXPORT_FILE)
+
+
 class EvalCheckpoint:
     """A validated stage-2 export and the samplers an evaluation selects from it.
 
@@ -86,8 +108,7 @@ class EvalCheckpoint:
         if is_s3(self.root):
             self._tmp = Path(tempfile.mkdtemp(prefix="distdiff-export-"))
             weakref.finalize(self, shutil.rmtree, self._tmp, True)  # removed with this object
-        meta_dir = _local_copy(self.root, [EXPORT_FILE], self._tmp)
-        self.spec = self._read_spec(meta_dir / EXPORT_FILE)
+        self.spec = _read_spec(self.root, _local_copy(self.root, [EXPORT_FILE], self._tmp) / EXPORT_FILE)
         try:
             self.selection = select_samplers(self.spec, samplers)
         except (KeyError, ValueError) as err:
@@ -101,17 +122,6 @@ class EvalCheckpoint:
         if missing:
             raise CheckpointError(f"partial checkpoint {self.root}: missing {', '.join(missing)}")
         self.local_dir = _local_copy(self.root, needed, self._tmp)
-
-    def _read_spec(self, path: Path) -> Stage2Spec:
-        where = join(self.root, EXPORT_FILE)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{where} is not valid JSON: {err}") from err
-        try:
-            return Stage2Spec.from_dict(data)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{where}: {err}: not a distdiff stage-2 export of this version") from None
 
     def _pick_weights(self, model: ModelSpec) -> str:
         """The EMA weights of the model's sampling network when exported, else its raw weights."""

@@ -1,12 +1,15 @@
 """Shared neural-network layers (torch only)."""
 
-from distdiff.nn.blocks import AttentionBlock, Downsample, EmbedSequential, ResBlock, Upsample, zero_module
+from distdiff.nn.blocks import (
+    AttentionBlock, CrossAttentionBlock, Downsample, EmbedSequential, ResBlock, Upsample, zero_module,
+)
 from distdiff.nn.embeddings import TimestepMLP, timestep_embedding
 from distdiff.nn.norm import AdaptiveGroupNorm, PixelNorm, group_norm, valid_num_groups
 
 __all__ = [
     "AdaptiveGroupNorm",
     "AttentionBlock",
+    "CrossAttentionBlock",
     "Downsample",
     "EmbedSequential",
     "PixelNorm",

@@ -93,6 +93,43 @@ class AttentionBlock(nn.Module):
         return x + out.transpose(1, 2).view(b, c, h, w)
 
 
+class CrossAttentionBlock(nn.Module):
+    """Attention from the spatial tokens of x to a context sequence (e.g. a caption's token features).
+
+    GroupNorm on x; queries from x, keys and values from the context; ``scaled_dot_product_attention``
+    with the context's padding masked out; zero-initialised output projection, residual.
+
+    Args:
+        ch: channels of x (divisible by num_heads).
+        context_dim: width of the context features.
+        num_heads: attention heads.
+        groups: maximum GroupNorm group count.
+    """
+
+    def __init__(self, ch: int, context_dim: int, num_heads: int = 1, groups: int = 32):
+        super().__init__()
+        if num_heads < 1 or ch % num_heads != 0:
+            raise ValueError(f"CrossAttentionBlock: channels {ch} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = group_norm(ch, groups)
+        self.q = nn.Linear(ch, ch)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = zero_module(nn.Linear(ch, ch))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W); context: (B, L, D); mask: (B, L) bool, True where a token may be attended
+        (every row needs one). Returns (B, C, H, W)."""
+        b, c, h, w = x.shape
+        heads, dim = self.num_heads, c // self.num_heads
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q = self.q(tokens).view(b, h * w, heads, dim).transpose(1, 2)  # (B, heads, HW, dim)
+        k, v = self.kv(context).view(b, context.shape[1], 2, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, heads, HW, dim)
+        out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))  # (B, HW, C)
+        return x + out.transpose(1, 2).view(b, c, h, w)
+
+
 class Downsample(nn.Module):
     """Halve H and W with a stride-2 3x3 convolution.
 
@@ -126,10 +163,19 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of layers where residual blocks also receive the embedding."""
+    """A sequence of layers where residual blocks also receive the embedding and cross-attention
+    blocks the context (features (B, L, D) and their mask (B, L))."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                context: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
         """Run the layers in order; x: (B, C, H, W)."""
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, CrossAttentionBlock):
+                if context is None:
+                    raise ValueError("a cross-attention block needs a context, got None")
+                x = layer(x, *context)
+            else:
+                x = layer(x)
         return x

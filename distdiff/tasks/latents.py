@@ -41,6 +41,15 @@ class LatentSource:
         return (mean + torch.exp(0.5 * logvar) * eps) * self.scale
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> diffusion-space z0 (B, c, h, w): the scaled posterior mean
+        (no sampling, so `decode(encode(x))` is the VAE's reconstruction of x)."""
+        if self.vae is None:
+            return images
+        mean, _ = self.vae.encode(images)
+        return mean * self.scale
+
+    @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, c, h, w) -> images (B, C, H, W) in [-1, 1]."""
         if self.vae is None:

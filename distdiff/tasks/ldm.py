@@ -10,6 +10,7 @@ from distdiff.diffusion import Schedule, q_sample
 from distdiff.diffusion.rng import GeneratorLike, randint, randn
 from distdiff.losses.diffusion import eps_mse_loss
 from distdiff.tasks.base import Updater, check_finite
+from distdiff.text import Tokenizer
 
 
 def ddpm_loss(
@@ -45,21 +46,33 @@ def ddpm_loss(
 
 
 class LDMTask:
-    """Algorithm 1 of Ho et al. (2020) on z0, with optional label dropout for classifier-free guidance.
+    """Algorithm 1 of Ho et al. (2020) on z0, with optional label or caption dropout for classifier-free
+    guidance.
 
     Args:
         schedule: the DDPM schedule.
         num_classes: None for an unconditional U-Net; otherwise the label count (label `num_classes`
             is the null label).
         label_dropout: probability of replacing a label by the null label.
+        tokenizer: for a text-conditioned U-Net, turns the batch's captions ("txt") into token ids.
+        caption_dropout: probability of replacing a caption by the empty one (the null condition).
     """
 
     networks = ("unet",)
 
-    def __init__(self, schedule: Schedule, num_classes: int | None = None, label_dropout: float = 0.1):
+    def __init__(self, schedule: Schedule, num_classes: int | None = None, label_dropout: float = 0.1,
+                 tokenizer: Tokenizer | None = None, caption_dropout: float = 0.1):
         self.schedule = schedule
         self.num_classes = num_classes
         self.label_dropout = label_dropout
+        self.tokenizer = tokenizer
+        self.caption_dropout = caption_dropout
+
+    def _captions(self, captions: list[str], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+        """Token ids (B, L) of the captions, each replaced by the empty caption with `caption_dropout`."""
+        tokens = self.tokenizer.encode(captions).to(device)  # (B, L)
+        drop = torch.rand((len(captions),), generator=generator, device=device) < self.caption_dropout  # (B,)
+        return torch.where(drop[:, None], self.tokenizer.null().to(device), tokens)
 
     def _labels(self, labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.label_dropout
@@ -70,6 +83,8 @@ class LDMTask:
         kwargs = {}
         if self.num_classes is not None:
             kwargs["y"] = self._labels(batch["label"].to(z0.device), generator)
+        if self.tokenizer is not None:
+            kwargs["text"] = self._captions(batch["txt"], z0.device, generator)
         loss = ddpm_loss(updater.module("unet"), self.schedule, z0, generator=generator, model_kwargs=kwargs)
         check_finite("ldm loss", loss)
         stats = updater.update("unet", loss)

@@ -26,8 +26,10 @@ from distdiff.diffusion import (
     ddpm_sample,
     per_sample_generators,
 )
+from distdiff.diffusion.edit import keep_known, noise_to, strength_start
 from distdiff.tasks.latents import LatentSource
 from distdiff.tasks.spec import ModelSpec, SamplerSpec, Stage2Spec
+from distdiff.text import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -37,37 +39,61 @@ class SamplerKind:
     Args:
         name: registry key.
         model_kind: the `ModelSpec.kind` it samples.
-        nfe: (schedule, settings) -> network evaluations per sample.
-        run: (net, schedule, shape, rngs, device, settings, model_kwargs, nz, progress) -> diffusion-space samples.
+        timesteps: (schedule, settings) -> the descending steps it runs, one network evaluation each.
+        run: (net, schedule, shape, rngs, device, settings, model_kwargs, nz, progress, x_T=, start_step=,
+            after_step=) -> diffusion-space samples (the last three for editing; see `diffusion.edit`).
         title: how reports name it ("DDPM").
     """
 
     name: str
     model_kind: str
-    nfe: Callable[[Schedule, SamplerSpec], int]
+    timesteps: Callable[[Schedule, SamplerSpec], list[int]]
     run: Callable[..., torch.Tensor]
     title: str
 
+    def nfe(self, schedule: Schedule, settings: SamplerSpec) -> int:
+        """Network evaluations per sample."""
+        return len(self.timesteps(schedule, settings))
 
-def _run_ddpm(net, schedule, shape, rngs, device, settings, kwargs, nz, progress):
-    return ddpm_sample(net, schedule, shape, generator=rngs, device=device, model_kwargs=kwargs, progress=progress)
+
+def _run_ddpm(net, schedule, shape, rngs, device, settings, kwargs, nz, progress, **edit):
+    return ddpm_sample(net, schedule, shape, generator=rngs, device=device, model_kwargs=kwargs, progress=progress,
+                       **edit)
 
 
-def _run_ddim(net, schedule, shape, rngs, device, settings, kwargs, nz, progress):
+def _run_ddim(net, schedule, shape, rngs, device, settings, kwargs, nz, progress, **edit):
     return ddim_sample(net, schedule, shape, steps=settings.steps, eta=settings.eta, generator=rngs, device=device,
-                       model_kwargs=kwargs, progress=progress)
+                       model_kwargs=kwargs, progress=progress, **edit)
 
 
-def _run_ddgan(net, schedule, shape, rngs, device, settings, kwargs, nz, progress):
-    return ddgan_sample(net, schedule, shape, nz, rng=rngs, device=device)
+def _run_ddgan(net, schedule, shape, rngs, device, settings, kwargs, nz, progress, **edit):
+    return ddgan_sample(net, schedule, shape, nz, rng=rngs, device=device, **edit)
+
+
+def _all_steps(schedule: Schedule, _settings: SamplerSpec) -> list[int]:
+    return list(range(schedule.num_steps - 1, -1, -1))
 
 
 SAMPLERS: dict[str, SamplerKind] = {
-    "ddpm": SamplerKind("ddpm", "diffusion", lambda s, _: s.num_steps, _run_ddpm, "DDPM"),
-    "ddim": SamplerKind("ddim", "diffusion", lambda s, c: len(ddim_timesteps(s.num_steps, c.steps)), _run_ddim,
-                        "DDIM"),
-    "ddgan": SamplerKind("ddgan", "ddgan", lambda s, _: s.num_steps, _run_ddgan, "DDGAN"),
+    "ddpm": SamplerKind("ddpm", "diffusion", _all_steps, _run_ddpm, "DDPM"),
+    "ddim": SamplerKind("ddim", "diffusion", lambda s, c: ddim_timesteps(s.num_steps, c.steps), _run_ddim, "DDIM"),
+    "ddgan": SamplerKind("ddgan", "ddgan", _all_steps, _run_ddgan, "DDGAN"),
 }
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What image-to-image and inpainting start from (see `distdiff.diffusion.edit`).
+
+    Args:
+        init: (N, c, h, w) the init image(s) in diffusion space (`LatentSource.encode`).
+        strength: S in [0, 1]: the share of the sampler's steps that run (0: init returned as is).
+        keep: (N or 1, 1, h, w), 1 where init is kept (inpainting), or None.
+    """
+
+    init: torch.Tensor
+    strength: float = 1.0
+    keep: torch.Tensor | None = None
 
 
 def sampler_kind(settings: SamplerSpec, model: ModelSpec) -> SamplerKind:
@@ -155,26 +181,58 @@ class Stage2Sampler:
             raise ValueError(f"no network for model(s) {', '.join(missing)}")
         self.spec, self.decoder, self.networks = spec, decoder, networks
         self._schedules = {m.name: m.schedule.build() for m in spec.models}
+        self.tokenizer = Tokenizer.from_record(spec.text) if spec.text else None
+
+    @property
+    def num_conditions(self) -> int | None:
+        """Classes a U-Net is conditioned on: its labels, or its record's class prompts (text), else None."""
+        if self.tokenizer is not None:
+            return len(self.spec.text["class_prompts"]) or None
+        return self.spec.num_classes
 
     def default_samplers(self, skip: Sequence[str] = ()) -> list[tuple[ModelSpec, SamplerSpec]]:
         """Every model's default samplers, except those named in `skip`."""
         return [(m, s) for m in self.spec.models for s in m.samplers if s.name not in skip]
 
-    def _model_call(self, model: ModelSpec, net: nn.Module, labels: torch.Tensor | None):
-        if model.kind != "diffusion" or self.spec.num_classes is None:
-            return net, {}
-        if labels is None:
-            raise ValueError("a class-conditional U-Net needs labels to sample")
-        if self.spec.guidance_scale == 1.0:
-            return net, {"y": labels}
-        return classifier_free_guidance(net, self.spec.guidance_scale, self.spec.num_classes), {"y": labels}
+    def _condition(self, labels: torch.Tensor | None, prompts: Sequence[str] | None, device):
+        """(keyword, condition, null condition) of the U-Net, or None when it is unconditional.
 
-    def class_labels(self, indices: Sequence[int]) -> torch.Tensor | None:
-        """Balanced labels that depend on the sample index alone (index mod classes), or None."""
+        A text-conditioned U-Net takes `prompts`, or the record's class prompt of each label."""
+        if self.tokenizer is not None:
+            if prompts is None:
+                if labels is None or not self.spec.text["class_prompts"]:
+                    raise ValueError("a text-conditioned U-Net needs prompts (or labels of its class prompts)")
+                prompts = [self.spec.text["class_prompts"][i] for i in labels.tolist()]
+            return "text", self.tokenizer.encode(list(prompts)).to(device), self.tokenizer.null()
+        if prompts is not None:
+            raise ValueError("prompts given to a U-Net that is not text-conditioned")
         if self.spec.num_classes is None:
             return None
+        if labels is None:
+            raise ValueError("a class-conditional U-Net needs labels to sample")
+        return "y", labels, self.spec.num_classes
+
+    def _model_call(self, model: ModelSpec, net: nn.Module, labels: torch.Tensor | None,
+                    guidance: float | None = None, prompts: Sequence[str] | None = None):
+        if model.kind != "diffusion":
+            return net, {}
+        condition = self._condition(labels, prompts, next(net.parameters()).device)
+        if condition is None:
+            return net, {}
+        key, value, null = condition
+        scale = self.spec.guidance_scale if guidance is None else guidance
+        if scale == 1.0:
+            return net, {key: value}
+        return classifier_free_guidance(net, scale, null, key), {key: value}
+
+    def class_labels(self, indices: Sequence[int]) -> torch.Tensor | None:
+        """Balanced labels that depend on the sample index alone (index mod classes), or None.
+
+        For a text-conditioned U-Net they index the class prompts of its record."""
+        if self.num_conditions is None:
+            return None
         device = next(next(iter(self.networks.values())).parameters()).device
-        return torch.as_tensor(list(indices), device=device) % self.spec.num_classes
+        return torch.as_tensor(list(indices), device=device) % self.num_conditions
 
     @torch.no_grad()
     def warm_up(self, model: ModelSpec, batch_size: int) -> None:
@@ -199,7 +257,8 @@ class Stage2Sampler:
 
     @torch.no_grad()
     def sample(self, model: ModelSpec, settings: SamplerSpec, seeds: Sequence[int],
-               labels: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+               labels: torch.Tensor | None = None, progress: bool = False, guidance: float | None = None,
+               edit: Edit | None = None, prompts: Sequence[str] | None = None) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1], one per seed.
 
         Args:
@@ -208,12 +267,26 @@ class Stage2Sampler:
             seeds: one seed per sample.
             labels: class labels (N,) for a class-conditional U-Net.
             progress: show the sampler's progress bar.
+            guidance: classifier-free guidance scale (default: the export's).
+            edit: start from an init image (image-to-image, inpainting) instead of pure noise.
+            prompts: one caption per sample for a text-conditioned U-Net (default: the class prompt
+                of each label).
         """
         kind = sampler_kind(settings, model)
         net = self.networks[model.name]
         device = next(net.parameters()).device
-        call, kwargs = self._model_call(model, net, labels)
+        call, kwargs = self._model_call(model, net, labels, guidance, prompts)
         shape = (len(seeds), *self.spec.latent_shape)
-        z = kind.run(call, self._schedules[model.name], shape, per_sample_generators(list(seeds), device), device,
-                     settings, kwargs, model.nz, progress)
+        schedule, rngs = self._schedules[model.name], per_sample_generators(list(seeds), device)
+        if edit is None:
+            z = kind.run(call, schedule, shape, rngs, device, settings, kwargs, model.nz, progress)
+            return self.decoder.decode(z)
+        init = edit.init.to(device).expand(shape)  # (N, c, h, w)
+        start = strength_start(kind.timesteps(schedule, settings), edit.strength)
+        if start is None:
+            return self.decoder.decode(init)
+        x_start = noise_to(schedule, init, start, rngs)  # (N, c, h, w) at noise level `start`
+        hook = None if edit.keep is None else keep_known(schedule, init, edit.keep.to(device), rngs)
+        z = kind.run(call, schedule, shape, rngs, device, settings, kwargs, model.nz, progress,
+                     x_T=x_start, start_step=start, after_step=hook)
         return self.decoder.decode(z)

@@ -106,6 +106,8 @@ class Stage2Spec:
         models: the trained models, in report order.
         num_classes: classes of a class-conditional U-Net (None: unconditional).
         guidance_scale: classifier-free guidance scale used when sampling it.
+        text: the caption record of a text-conditioned U-Net (`distdiff.text.caption_record`: its
+            tokenizer's vocabulary and length, one prompt per class), else None.
         vae: export stem of the VAE (latent space), else None.
         files: the weight stems the export holds.
     """
@@ -118,6 +120,7 @@ class Stage2Spec:
     guidance_scale: float = 1.0
     vae: str | None = None
     files: tuple[str, ...] = field(default=())
+    text: dict | None = None
 
     def __post_init__(self):
         if self.space not in ("latent", "pixel"):
@@ -141,7 +144,8 @@ class Stage2Spec:
         return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "space": self.space,
                 "image_shape": list(self.image_shape), "latent_shape": list(self.latent_shape),
                 "num_classes": self.num_classes, "guidance_scale": self.guidance_scale, "vae": self.vae,
-                "models": [m.to_dict() for m in self.models], "files": list(self.files)}
+                "models": [m.to_dict() for m in self.models], "files": list(self.files),
+                **({"text": self.text} if self.text is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Stage2Spec":
@@ -154,10 +158,11 @@ class Stage2Spec:
         if missing:
             raise ValueError(f"{SPEC_FORMAT} record lacks {', '.join(missing)}")
         _reject_unknown(data, {"format", "version", "space", "image_shape", "latent_shape", "num_classes",
-                               "guidance_scale", "vae", "models", "files"}, SPEC_FORMAT)
+                               "guidance_scale", "vae", "models", "files", "text"}, SPEC_FORMAT)
         return cls(data["space"], tuple(data["image_shape"]), tuple(data["latent_shape"]),
                    tuple(ModelSpec.from_dict(m) for m in data["models"]), data.get("num_classes"),
-                   float(data.get("guidance_scale", 1.0)), data.get("vae"), tuple(data.get("files", ())))
+                   float(data.get("guidance_scale", 1.0)), data.get("vae"), tuple(data.get("files", ())),
+                   data.get("text"))
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))

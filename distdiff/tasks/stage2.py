@@ -21,6 +21,7 @@ from distdiff.tasks.joint import JointLatentTask
 from distdiff.tasks.latents import LatentSource
 from distdiff.tasks.ldm import LDMTask
 from distdiff.tasks.spec import ModelSpec, SamplerSpec, Stage2Spec
+from distdiff.text import Tokenizer
 
 MEMBERS = ("ldm", "ddgan", "gan")  # config sections that can train in stage 2, in report order
 
@@ -53,13 +54,23 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _ldm_member(cfg: LDMConfig, channels: int, num_classes: int | None) -> Member:
-    unet = build_model("unet", cfg.preset, in_channels=channels, num_classes=num_classes)
+def _text_kwargs(cfg: LDMConfig, tokenizer: Tokenizer | None) -> dict:
+    """The U-Net's text encoder and cross-attention arguments (none without a tokenizer)."""
+    if tokenizer is None:
+        return {}
+    encoder = dict(vocab_size=tokenizer.size, max_length=tokenizer.max_length, width=cfg.text.width,
+                   layers=cfg.text.layers, heads=cfg.text.heads)
+    return {"text_encoder": encoder, "cross_attention_levels": tuple(cfg.text.cross_attention_levels)}
+
+
+def _ldm_member(cfg: LDMConfig, channels: int, num_classes: int | None, tokenizer: Tokenizer | None = None) -> Member:
+    unet = build_model("unet", cfg.preset, in_channels=channels, num_classes=num_classes,
+                       **_text_kwargs(cfg, tokenizer))
     schedule = ScheduleSpec(cfg.schedule, cfg.num_steps, beta_start=cfg.beta_start, beta_end=cfg.beta_end)
     samplers = (SamplerSpec("ddpm"), SamplerSpec("ddim", cfg.ddim_steps, cfg.ddim_eta))
     model = ModelSpec("ldm", "diffusion", "unet", schedule, samplers, parameters=count_parameters(unet))
-    return Member(LDMTask(schedule.build(), num_classes, cfg.label_dropout),
-                  {"unet": NetworkPlan(unet, cfg.optim, "adamw", cfg.ema_decay, "unet")}, model, "unet")
+    task = LDMTask(schedule.build(), num_classes, cfg.label_dropout, tokenizer, cfg.text.caption_dropout)
+    return Member(task, {"unet": NetworkPlan(unet, cfg.optim, "adamw", cfg.ema_decay, "unet")}, model, "unet")
 
 
 def _gan_member(name: str, cfg: DDGANConfig, channels: int) -> Member:
@@ -108,7 +119,7 @@ def with_decay_steps(optim: OptimConfig, steps: int) -> OptimConfig:
 
 def build_stage2(cfg: RunConfig, latents: LatentSource, image_shape: tuple[int, int, int],
                  latent_shape: tuple[int, int, int], num_classes: int | None,
-                 on_member: Callable[[str], None] | None = None) -> Stage2Setup:
+                 on_member: Callable[[str], None] | None = None, captions: dict | None = None) -> Stage2Setup:
     """Build the enabled members of `cfg` for diffusion-space tensors of `latent_shape`.
 
     Args:
@@ -118,20 +129,26 @@ def build_stage2(cfg: RunConfig, latents: LatentSource, image_shape: tuple[int, 
         latent_shape: (c, h, w) the members train on.
         num_classes: classes for a class-conditional U-Net (None: unconditional).
         on_member: called with each member's name before its networks are built (to seed them).
+        captions: the data's caption record (`distdiff.text.caption_record`), needed when
+            `ldm.text.enabled`: the U-Net's tokenizer is built from it and the export records it.
 
     Returns:
         the setup; networks are on the CPU.
     """
+    text = captions if cfg.ldm.enabled and cfg.ldm.text.enabled else None
+    if cfg.ldm.enabled and cfg.ldm.text.enabled and not captions:
+        raise ValueError("ldm.text.enabled, but the data has no captions (no txt members in its shards)")
+    tokenizer = Tokenizer.from_record(text) if text else None
     members = {}
     for name in enabled_members(cfg):
         if on_member is not None:
             on_member(name)
-        members[name] = (_ldm_member(cfg.ldm, latent_shape[0], num_classes) if name == "ldm"
+        members[name] = (_ldm_member(cfg.ldm, latent_shape[0], num_classes, tokenizer) if name == "ldm"
                          else _gan_member(name, getattr(cfg, name), latent_shape[0]))
     for member in members.values():
         for plan in member.networks.values():
             plan.optim = with_decay_steps(plan.optim, cfg.stage2.steps)
     spec = Stage2Spec(cfg.space, tuple(image_shape), tuple(latent_shape), tuple(m.model for m in members.values()),
-                      num_classes, cfg.ldm.guidance_scale, "vae" if cfg.space == "latent" else None)
+                      num_classes, cfg.ldm.guidance_scale, "vae" if cfg.space == "latent" else None, text=text)
     task = JointLatentTask(latents, {name: m.task for name, m in members.items()})
     return Stage2Setup(members, task, spec)

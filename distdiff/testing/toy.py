@@ -21,10 +21,20 @@ def _jitter(model: torch.nn.Module, scale: float) -> torch.nn.Module:
     return model
 
 
+def _text_kwargs(captions: dict | None) -> dict:
+    if captions is None:
+        return {}
+    from distdiff.text import Tokenizer
+
+    tokenizer = Tokenizer.from_record(captions)
+    return {"text_encoder": dict(vocab_size=tokenizer.size, max_length=tokenizer.max_length, width=32, layers=2,
+                                 heads=4), "cross_attention_levels": (1,)}
+
+
 def write_tiny_export(out: str | Path, image_shape=(1, 32, 32), space: str = "pixel",
                       models=("ldm", "ddgan"), ldm_steps: int = 20, ddgan_steps: int = 2, seed: int = 0,
                       num_classes: int | None = None, jitter: float = 0.05, ddim_steps: int = 2,
-                      ddim_eta: float = 0.0) -> Path:
+                      ddim_eta: float = 0.0, captions: dict | None = None) -> Path:
     """Write a tiny export folder.
 
     Args:
@@ -38,6 +48,8 @@ def write_tiny_export(out: str | Path, image_shape=(1, 32, 32), space: str = "pi
         num_classes: class-conditional U-Net when set.
         jitter: std of the noise added to every weight.
         ddim_steps, ddim_eta: the LDM's exported DDIM settings.
+        captions: a caption record (`distdiff.text.caption_record`): the U-Net is then text-conditioned
+            (a two-layer text encoder, cross-attention at level 1 and the middle).
 
     Returns:
         the folder.
@@ -59,7 +71,8 @@ def write_tiny_export(out: str | Path, image_shape=(1, 32, 32), space: str = "pi
     files, specs = [], []
     for name in models:
         if name == "ldm":
-            net = _jitter(build_model("unet", "tiny", in_channels=latent_shape[0], num_classes=num_classes), jitter)
+            net = _jitter(build_model("unet", "tiny", in_channels=latent_shape[0], num_classes=num_classes,
+                                      **_text_kwargs(captions)), jitter)
             stem = "unet"
             specs.append(ModelSpec("ldm", "diffusion", stem, ScheduleSpec("linear", ldm_steps),
                                    (SamplerSpec("ddpm"), SamplerSpec("ddim", ddim_steps, ddim_eta)),
@@ -74,5 +87,5 @@ def write_tiny_export(out: str | Path, image_shape=(1, 32, 32), space: str = "pi
         save_weights(net, out / f"{stem}_ema")
         files += [stem, f"{stem}_ema"]
     Stage2Spec(space, tuple(image_shape), latent_shape, tuple(specs), num_classes, 1.0,
-               "vae" if space == "latent" else None, tuple(files)).write(out / "export.json")
+               "vae" if space == "latent" else None, tuple(files), captions).write(out / "export.json")
     return out

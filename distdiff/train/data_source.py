@@ -11,7 +11,7 @@ def describe_source(cfg: DataConfig) -> DatasetInfo:
     """Shape, classes and kind of the data source, read without building a stream."""
     if cfg.is_embedded:
         dataset = embedded_dataset(cfg.source)
-        return DatasetInfo(dataset.image_shape, dataset.num_classes)
+        return DatasetInfo(dataset.image_shape, dataset.num_classes, captions=dataset.caption_record())
     return describe_shards(cfg.source)  # shard sources: the manifest says
 
 

@@ -137,7 +137,8 @@ def build_ldm_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> tuple[Sta
     # Each member's initial weights depend on the seed and its name only, not on which others train.
     setup = build_stage2(cfg, latents, info.image_shape, _diffusion_shape(info.image_shape, vae),
                          info.num_classes if cfg.ldm.class_conditional else None,
-                         on_member=lambda name: torch.manual_seed(cfg.seed + 1 + MEMBERS.index(name)))
+                         on_member=lambda name: torch.manual_seed(cfg.seed + 1 + MEMBERS.index(name)),
+                         captions=info.captions)
     engines = EngineSet({name: make_engine(name, fast.layout(net.module.to(ctx.device)), net.optim, net.optimizer)
                          for name, net in setup.networks.items()})
     emas = {name: EMA(engines[name], net.ema_decay)

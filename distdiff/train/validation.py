@@ -82,7 +82,11 @@ def validate_run(cfg: RunConfig, stage: str = "all") -> None:
     if stage == "seg":
         _check_seg(cfg)
         return
-    c, h, w = describe_source(cfg.data).image_shape
+    info = describe_source(cfg.data)
+    c, h, w = info.image_shape
+    if stage in ("ldm", "all") and cfg.ldm.enabled and cfg.ldm.text.enabled and not info.captions:
+        raise ConfigError(f"ldm.text.enabled, but {cfg.data.source} has no captions (its manifest lists none: "
+                          "shards without txt members); write the shards again with captions, or turn it off")
     f = _downsampling("vae", cfg.vae.preset, "vae.preset")
     if stage in ("vae", "all") and (h % f or w % f):
         raise ConfigError(f"vae.preset '{cfg.vae.preset}' downsamples by {f}, which does not divide the "
