@@ -115,8 +115,7 @@ class StepRunner:
         from distdiff.tasks import LatentSource, build_stage2
         from distdiff.train.backends import TorchBackend
         from distdiff.train.deepspeed_engines import deepspeed_engine_factory
-        from distdiff.train.ema import EMA
-        from distdiff.train.engines import EngineSet
+        from distdiff.train.stages import stage2_engines
 
         torch.manual_seed(0)
         fast = setting.fast
@@ -128,11 +127,7 @@ class StepRunner:
         else:
             make = TorchBackend().engine_factory(cfg, cfg.stage2.batch_size, frozenset())
         setup = build_stage2(cfg, LatentSource(None), shape, shape, None)
-        self.engines = EngineSet({name: make(name, fast.layout(net.module.to(device)), net.optim, net.optimizer)
-                                  for name, net in setup.networks.items()})
-        self.emas = {name: EMA(self.engines[name], net.ema_decay)
-                     for name, net in setup.networks.items() if net.ema_decay is not None}
-        fast.compile_engines(self.engines, setup.eager_networks)
+        self.engines, self.emas = stage2_engines(setup, make, fast, device)
         self.task, self.device, self.precision = setup.task, device, setting.precision
         images = torch.rand((cfg.stage2.batch_size, *shape), generator=torch.Generator().manual_seed(1)) * 2 - 1
         self.batch = fast.batch_to({"image": images}, device)

@@ -126,6 +126,18 @@ def _diffusion_shape(image_shape: tuple[int, int, int], vae: nn.Module | None) -
     return vae.model_config["kwargs"]["latent_channels"], h // f, w // f
 
 
+def stage2_engines(setup, make_engine: EngineFactory, fast: FastPath,
+                   device: torch.device) -> tuple[EngineSet, dict]:
+    """The engines of every stage-2 network in the fast path's layout, their EMAs (copied before the
+    networks compile, so they sample eagerly), then the compiled forwards."""
+    engines = EngineSet({name: make_engine(name, fast.layout(net.module.to(device)), net.optim, net.optimizer)
+                         for name, net in setup.networks.items()})
+    emas = {name: EMA(engines[name], net.ema_decay)
+            for name, net in setup.networks.items() if net.ema_decay is not None}
+    fast.compile_engines(engines, setup.eager_networks)
+    return engines, emas
+
+
 def build_ldm_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> tuple[StagePlan, Stage2Sampler]:
     """Stage 2: every enabled member (LDM, DDGAN, GAN) on one latent stream; the plan and an EMA sampler."""
     fast = FastPath.resolve(cfg.perf, ctx.device)
@@ -139,11 +151,7 @@ def build_ldm_plan(cfg: RunConfig, ctx, make_engine: EngineFactory) -> tuple[Sta
                          info.num_classes if cfg.ldm.class_conditional else None,
                          on_member=lambda name: torch.manual_seed(cfg.seed + 1 + MEMBERS.index(name)),
                          captions=info.captions)
-    engines = EngineSet({name: make_engine(name, fast.layout(net.module.to(ctx.device)), net.optim, net.optimizer)
-                         for name, net in setup.networks.items()})
-    emas = {name: EMA(engines[name], net.ema_decay)
-            for name, net in setup.networks.items() if net.ema_decay is not None}
-    fast.compile_engines(engines, setup.eager_networks)
+    engines, emas = stage2_engines(setup, make_engine, fast, ctx.device)
     sampler = Stage2Sampler(setup.spec, latents,
                             {name: emas[m.sampling_network].model for name, m in setup.members.items()})
     plan = StagePlan(
