@@ -243,15 +243,18 @@ def test_zero2_run_writes_complete_checkpoints_to_s3_and_losses_fall(reference_r
     assert any(not weights["unet"][k].equal(weights["unet_ema"][k]) for k in weights["unet"]), "EMA = raw weights"
 
 
-def test_bf16_training_on_cpu_runs_losses_fall_and_resumes(ray_cluster, seaweed, bucket, tiny_vae, tmp_path):
-    """DeepSpeed's bf16 mode (fp32 master weights) on 2 CPU workers, the frozen VAE in fp32: the run
-    stops at step 8, the resubmission resumes there and trains to 12, and the losses fall."""
+def test_bf16_text_conditioned_training_on_cpu_runs_losses_fall_and_resumes(ray_cluster, seaweed, bucket, tiny_vae,
+                                                                             tmp_path):
+    """DeepSpeed's bf16 mode (fp32 master weights) on 2 CPU workers, the frozen VAE in fp32, the U-Net reading
+    captions through its text encoder: the run stops at step 8, the resubmission resumes there and trains to
+    12, the losses fall, and the export holds the text encoder and the caption vocabulary."""
+    from distdiff.eval.checkpoint import read_export_spec
     from distdiff.launchers.ray import train_ldm
 
+    text = ("precision=bf16", "ldm.text.enabled=true", "ldm.text.width=16", "ldm.text.heads=2")
     with cluster_env(ray_cluster, seaweed):
-        assert train_ldm(stage2_config(tmp_path, "bf16", tiny_vae, bucket, "precision=bf16", "stage2.steps=8"))[
-            "steps"] == 8
-        final = train_ldm(stage2_config(tmp_path, "bf16", tiny_vae, bucket, "precision=bf16"))
+        assert train_ldm(stage2_config(tmp_path, "bf16", tiny_vae, bucket, *text, "stage2.steps=8"))["steps"] == 8
+        final = train_ldm(stage2_config(tmp_path, "bf16", tiny_vae, bucket, *text))
     assert final["steps"] == STEPS and not final["preempted"]
     events = read_metrics(tmp_path / "bf16" / "ldm" / "events.jsonl")
     assert [(e["event"], e["step"]) for e in events] == [("resume", 8)]
@@ -261,6 +264,9 @@ def test_bf16_training_on_cpu_runs_losses_fall_and_resumes(ray_cluster, seaweed,
     first = sum(losses[s]["ldm/loss"] for s in range(1, 5)) / 4
     last = sum(losses[s]["ldm/loss"] for s in range(STEPS - 3, STEPS + 1)) / 4
     assert last < 0.95 * first, f"LDM loss did not fall in bf16: {first:.4f} -> {last:.4f}"
+    export = tmp_path / "bf16" / "ldm" / "export"
+    assert any(key.startswith("text.") for key in load_file(str(export / "unet_ema.safetensors")))
+    assert read_export_spec(str(export)).text["class_prompts"][7] == "a handwritten seven"
 
 
 def test_torch_backend_on_one_worker_trains_resumes_and_refuses_a_switch(ray_cluster, seaweed, bucket, tiny_vae,
