@@ -786,6 +786,7 @@ def test_ray_job_submit_runs_the_smoke_config(ray_cluster, seaweed, bucket, tmp_
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
+    assert done.stdout.count("[ldm] done: step 6") == 1, "a worker's line reached the job's console twice"
     with cluster_env(ray_cluster, seaweed):
         run = Storage.open(f"s3://{bucket}/jobs").child("ldm-smoke", "ldm")
         assert run.exists("checkpoints", "step-00000006", "COMPLETE")

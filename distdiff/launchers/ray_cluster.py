@@ -46,10 +46,13 @@ def connect(address: str | None = None, num_cpus_local: int | None = None, dashb
 
 
 def worker_env() -> dict[str, str]:
-    """Environment variables for distdiff's Ray workers: those of PASSED_VARIABLES that are set here
-    and, for a source checkout run in place, where distdiff lives (a job submitted with a working_dir
-    ships it already). Call after `connect`."""
+    """Environment variables for distdiff's Ray workers: those of PASSED_VARIABLES that are set here,
+    Ray Train's print patch (off unless set here) and, for a source checkout run in place, where
+    distdiff lives (a job submitted with a working_dir ships it already). Call after `connect`."""
     env = {name: os.environ[name] for name in PASSED_VARIABLES if name in os.environ}
+    # Ray Train sends a worker's print() to its logger and, where Ray has wrapped stdout, to stdout as
+    # well: every line of ours reached the console twice. Plain prints reach the driver once.
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     package_parent = str(Path(distdiff.__file__).resolve().parents[1])
     installed = "site-packages" in package_parent or "dist-packages" in package_parent
     job_env = ray.get_runtime_context().runtime_env or {}
