@@ -31,10 +31,11 @@ def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
 def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
     """R1 penalty: mean over the batch of || d(sum logits) / d real_inputs ||^2.
 
-    Summing the logits gives each sample's own gradient, because sample i's logit depends only
-    on input i (no batch statistics in D). The graph is kept (create_graph=True) so the penalty
-    can be back-propagated into D's weights. The caller scales it by gamma / 2 and, for lazy
-    regularisation, applies it every k steps multiplied by k.
+    The gradient of the summed logits is each sample's own gradient where sample i's logit depends
+    only on input i; a minibatch-stddev layer adds small cross-sample terms, as in the official DDGAN
+    and StyleGAN2 code, which take the same sum. The graph is kept (create_graph=True) so the penalty
+    can be back-propagated into D's weights. The caller scales it (see `distdiff.tasks.ddgan.r1_weight`:
+    gamma / 2 every k-th step as the official DDGAN script, or times k as StyleGAN2).
 
     Args:
         real_logits: (B,) or (B, 1) logits computed from ``real_inputs``.
