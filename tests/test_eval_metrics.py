@@ -168,3 +168,13 @@ def test_eval_package_imports_neither_ray_nor_boto3():
             "assert not bad, bad\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_probe_auc_is_the_mann_whitney_statistic():
+    from distdiff.eval.gan_probe import auc
+
+    # pairs (real, fake): 1>0, 1<2, 2>0, 2=2 (half) -> 2.5 of 4
+    assert auc(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 2.0])) == 0.625
+    assert auc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert auc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
+    assert auc(torch.zeros(5), torch.zeros(7)) == 0.5  # a flat discriminator is at chance

@@ -81,6 +81,31 @@ def test_pipeline_evaluates_its_own_export(finished_run):
         p.name for p in (run / "eval").iterdir()}
 
 
+def test_discriminator_probe_on_the_trained_export(finished_run, tmp_path, capsys):
+    """The probe scores the run's own discriminators and fresh ones per step t; after six training steps
+    the generators are still far from the data, so a fresh discriminator tells their clean pairs apart."""
+    from distdiff.eval.checkpoint import CheckpointError as ExportError
+    from distdiff.eval.gan_probe import main as probe_main
+    from distdiff.eval.gan_probe import probe
+
+    _, run, _ = finished_run
+    result = probe(str(run), "ddgan", steps=15, batch_size=16, num_test=32, num_train=64)
+    assert [row["t"] for row in result["trained"]] == [row["t"] for row in result["fresh"]] == [0, 1, 2, 3]
+    assert all(0.0 <= row["auc"] <= 1.0 for row in result["trained"] + result["fresh"])
+    assert result["fresh"][0]["auc"] > 0.9, result["fresh"]
+    assert result["generator"] == "ddgan_generator"
+
+    out = tmp_path / "probe.json"
+    assert probe_main(["--checkpoint", str(run), "--model", "gan", "--ema", "--steps", "15", "--batch-size", "16",
+                       "--num-test", "32", "--num-train", "64", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["generator"] == "gan_generator_ema" and len(written["fresh"]) == 1
+    assert written["fresh"][0]["auc"] > 0.9, written["fresh"]
+    assert "| 0 | " in capsys.readouterr().out  # the one-step GAN's table has one row, t = 0
+    with pytest.raises(ExportError, match="needs a DDGAN"):
+        probe(str(run), "ldm", steps=1, num_test=4, num_train=4)
+
+
 def test_vae_export_carries_the_latent_scale_factor(finished_run):
     _, run, _ = finished_run
     meta = json.loads((run / "vae" / "export" / "vae.json").read_text())

@@ -153,6 +153,13 @@ class EvalCheckpoint:
             raise CheckpointError(f"cannot load {join(self.root, name)}: {err}") from err
         return model.eval().requires_grad_(False)
 
+    def load_network(self, stem: str, family: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Any network the export lists (e.g. a DDGAN's discriminator), frozen, in eval mode."""
+        if stem not in self.spec.files:
+            raise CheckpointError(f"checkpoint {self.root} holds no {stem!r} (files: {', '.join(self.spec.files)})")
+        _local_copy(self.root, [f"{stem}.safetensors", f"{stem}.json"], self._tmp)
+        return self._load(stem, family, torch.device(device))
+
     def load_vae(self, device: str | torch.device = "cpu") -> torch.nn.Module | None:
         """The export's VAE (latent space), else None."""
         return self._load(self.spec.vae, "vae", torch.device(device)) if self.spec.space == "latent" else None
