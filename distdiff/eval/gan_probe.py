@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from distdiff.data.memory import uint8_to_unit_range
 from distdiff.diffusion import ddgan_posterior_sample, ddgan_q_sample_pairs, randn
 
 
@@ -42,17 +43,13 @@ def reference_images(spec: str, num: int) -> np.ndarray:
     """The first `num` uint8 (N, C, H, W) images of a reference (see `distdiff.eval.reference`)."""
     from distdiff.eval.reference import ReferenceDataError, open_reference
 
-    reference = open_reference(spec)
-    if hasattr(reference, "images"):
-        images = reference.images[:num]
-    else:
-        chunks, have = [], 0
-        for _, batch in reference.rank_batches(0, 1, 256):
-            chunks.append(batch.numpy())
-            have += len(batch)
-            if have >= num:
-                break
-        images = np.concatenate(chunks)[:num] if chunks else np.zeros((0,))
+    chunks, have = [], 0
+    for _, batch in open_reference(spec).rank_batches(0, 1, 256):  # (B, C, H, W), in dataset order
+        chunks.append(batch.numpy())
+        have += len(batch)
+        if have >= num:
+            break
+    images = np.concatenate(chunks)[:num] if chunks else np.zeros((0,))
     if len(images) < num:
         raise ReferenceDataError(f"reference {spec} has {len(images)} images; the probe needs {num}")
     return images
@@ -65,9 +62,14 @@ class PairMaker:
         self.schedule, self.latents, self.generator_net, self.nz = schedule, latents, generator_net, nz
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> x0 (B, c, h, w) as training saw it: [-1, 1], then a posterior sample."""
+        return self.latents({"image": uint8_to_unit_range(images)}, rng)
+
+    @torch.no_grad()
     def __call__(self, images: torch.Tensor, t: torch.Tensor, rng: torch.Generator):
         """images uint8 (B, C, H, W), t (B,) -> real x_t, generated x_t, x_{t+1}: each (B, c, h, w)."""
-        x0 = self.latents({"image": images.float() / 127.5 - 1.0}, rng)  # (B, c, h, w)
+        x0 = self.encode(images, rng)
         x_t, x_tp1 = ddgan_q_sample_pairs(self.schedule, x0, t, generator=rng)
         z = randn((len(t), self.nz), rng)
         x0_pred = self.generator_net(x_tp1, t, z)
@@ -76,16 +78,19 @@ class PairMaker:
 
 
 @torch.no_grad()
-def step_aucs(disc, pairs: PairMaker, images: torch.Tensor, num_steps: int, seed: int) -> list[dict]:
-    """Per step t: the discriminator's AUC and mean logits on real against generated pairs of `images`."""
-    rows = []
+def step_aucs(discs: dict, pairs: PairMaker, images: torch.Tensor, num_steps: int, seed: int) -> dict[str, list]:
+    """Per step t, for each named discriminator: its AUC and mean logits on real against generated pairs
+    of `images` (one set of pairs per t, shared by all the discriminators)."""
+    rows = {name: [] for name in discs}
     for step in range(num_steps):
         rng = torch.Generator().manual_seed(seed + step)
         t = torch.full((len(images),), step, dtype=torch.int64)
         real, fake, x_tp1 = pairs(images, t, rng)
-        real_logits, fake_logits = disc(real, t, x_tp1), disc(fake, t, x_tp1)  # (N,), (N,)
-        rows.append({"t": step, "auc": auc(real_logits, fake_logits), "real_logit": float(real_logits.mean()),
-                     "fake_logit": float(fake_logits.mean()), "logit_std": float(real_logits.std())})
+        for name, disc in discs.items():
+            real_logits, fake_logits = disc(real, t, x_tp1), disc(fake, t, x_tp1)  # (N,), (N,)
+            rows[name].append({"t": step, "auc": auc(real_logits, fake_logits),
+                               "real_logit": float(real_logits.mean()), "fake_logit": float(fake_logits.mean()),
+                               "logit_std": float(real_logits.std())})
     return rows
 
 
@@ -116,8 +121,7 @@ def train_fresh(disc, pairs: PairMaker, images: torch.Tensor, steps: int, batch_
     updater = _ProbeUpdater(task, disc.train(), pairs.generator_net, lr)
     for step in range(steps):
         idx = torch.randint(0, len(images), (batch_size,), generator=rng)
-        with torch.no_grad():
-            x0 = pairs.latents({"image": images[idx].float() / 127.5 - 1.0}, rng)  # (B, c, h, w)
+        x0 = pairs.encode(images[idx], rng)  # (B, c, h, w)
         metrics = task.discriminator_step(x0, updater, step, rng)
         if progress:
             progress(step + 1, metrics["probe/d_loss"])
@@ -168,12 +172,9 @@ def probe(checkpoint: str, model: str = "ddgan", reference: str = "embedded-mnis
         torch.manual_seed(seed)
         fresh = model_from_config(trained.model_config)  # same architecture, new initialisation
     fresh = train_fresh(fresh, pairs, train, steps, batch_size, lr, seed, progress)
-    return {
-        "model": model, "generator": gen_stem, "steps": steps, "num_test": num_test, "reference": reference,
-        "trained": step_aucs(trained, pairs, test, schedule.num_steps, seed + 1000),
-        "fresh": step_aucs(fresh, pairs, test, schedule.num_steps, seed + 1000),
-        "seconds": time.perf_counter() - started,
-    }
+    scores = step_aucs({"trained": trained, "fresh": fresh}, pairs, test, schedule.num_steps, seed + 1000)
+    return {"model": model, "generator": gen_stem, "steps": steps, "num_test": num_test, "reference": reference,
+            **scores, "seconds": time.perf_counter() - started}
 
 
 def probe_table(result: dict) -> str:
