@@ -594,7 +594,8 @@ def test_scale_up_1_to_2_to_4_workers_fresh_noise_exact_epoch(ray_cluster, seawe
                                                                  tmp_path):
     """One epoch of the 320 shard images trained on 1 worker (4 steps of 8), then resumed on 2 (4
     steps of 16), then on 4 (7 steps of 32): each resume starts from the saved weights, every rank
-    draws its own noise, and the three attempts together read each image exactly once."""
+    draws its own noise, and the three attempts together read each image exactly once. (A resume
+    with nothing left to train, on another worker count, is in the elastic test below.)"""
     from distdiff.launchers.ray import train_ldm
 
     def run(workers: int, steps: int) -> dict:
@@ -604,16 +605,12 @@ def test_scale_up_1_to_2_to_4_workers_fresh_noise_exact_epoch(ray_cluster, seawe
         return train_ldm(cfg)
 
     with cluster_env(ray_cluster, seaweed):
-        attempts = [run(1, 4)]
-        at_resume = export_weights(tmp_path / "grow")
-        attempts.append(run(2, 4))  # resumes at step 4 with nothing to train: exports what it loaded
-        assert_same_weights(export_weights(tmp_path / "grow"), at_resume)
-        attempts += [run(2, 8), run(4, 15)]
-    assert [a["steps"] for a in attempts] == [4, 4, 8, 15]
-    assert [a["rng/distinct_rank_streams"] for a in attempts] == [1, 2, 2, 4]
+        attempts = [run(1, 4), run(2, 8), run(4, 15)]
+    assert [a["steps"] for a in attempts] == [4, 8, 15]
+    assert [a["rng/distinct_rank_streams"] for a in attempts] == [1, 2, 4]
     _one_epoch_exactly({k: sum(a[k] for a in attempts) for k in attempts[0] if k.startswith("data/")}, 320)
     events = read_metrics(tmp_path / "grow" / "ldm" / "events.jsonl")
-    assert [(e["step"], e["world_size"]) for e in events] == [(4, 2), (4, 2), (8, 4)]
+    assert [(e["step"], e["world_size"]) for e in events] == [(4, 2), (8, 4)]
 
 
 def test_stage2_from_latent_shards_made_by_make_shards(ray_cluster, seaweed, bucket, image_shards, tiny_vae,

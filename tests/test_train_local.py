@@ -214,6 +214,20 @@ def test_cli_dry_run_and_clear_errors(tmp_path, capsys):
     assert "stage2.steps=6 is not a multiple of distributed.gradient_accumulation_steps=4" in capsys.readouterr().err
     assert main(["pipeline", "--config", str(SMOKE), "--dry-run", "ldm.ddim_steps=0"]) == 2
     assert "ldm.ddim_steps" in capsys.readouterr().err
+    assert main(["train-ldm", "--config", str(SMOKE), "--dry-run", f"vae.checkpoint={tmp_path}/vae"]) == 2
+    assert f"vae.checkpoint={tmp_path}/vae: no VAE export there" in capsys.readouterr().err
+
+
+def test_pipeline_with_a_given_vae_trains_no_vae_of_its_own(finished_run, tmp_path, capsys):
+    _, run, _ = finished_run
+    given = str(run / "vae" / "export" / "vae")
+    summary = run_pipeline(smoke_config(tmp_path, f"vae.checkpoint={given}", "ddgan.enabled=false",
+                                        "stage2.steps=2", "stage2.checkpoint_every=2"))
+    assert "[vae] not trained: stage 2 uses the export" in capsys.readouterr().out
+    assert summary["stages"]["vae"] == {"trained": False, "export": given, "preempted": False}
+    assert summary["stages"]["ldm"]["steps"] == 2
+    assert not (tmp_path / "pipeline-smoke" / "vae").exists()
+    assert (tmp_path / "pipeline-smoke" / "ldm" / "export" / "export.json").is_file()
 
 
 def test_stage2_without_a_vae_says_how_to_get_one(tmp_path):

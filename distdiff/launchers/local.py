@@ -15,7 +15,8 @@ from distdiff.train.backends import training_backend
 from distdiff.train.checkpoint import list_complete
 from distdiff.train.context import LocalContext, resolve_device
 from distdiff.train.loop import run_stage
-from distdiff.train.stages import build_ldm_plan, build_vae_plan, export_stage2, export_vae, run_dir
+from distdiff.train.stages import (build_ldm_plan, build_vae_plan, export_stage2, export_vae, given_vae_stage,
+                                   run_dir)
 from distdiff.train.summary import time_samplers, write_summary
 
 
@@ -99,9 +100,10 @@ def train_seg(cfg: RunConfig) -> dict:
 
 
 def run_pipeline(cfg: RunConfig) -> dict:
-    """VAE, then the stage-2 members, then (if configured) the evaluation, then summary.json."""
+    """VAE (unless `vae.checkpoint` names one), then the stage-2 members, then (if configured) the
+    evaluation, then summary.json."""
     directory = prepare_run_dir(cfg)
-    vae = train_vae(cfg)
+    vae = given_vae_stage(cfg) or train_vae(cfg)
     if vae["preempted"]:
         return {"stages": {"vae": vae}, "preempted": True}
     ldm = train_ldm(cfg)

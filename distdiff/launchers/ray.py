@@ -24,7 +24,7 @@ from pathlib import Path
 from distdiff.config import RunConfig, dump_yaml, from_dict, to_dict
 from distdiff.train import preemption
 from distdiff.train.failures import HOPELESS_ERRORS, HOPELESS_RECORD, failure_from_record, hopeless_record
-from distdiff.train.stages import run_dir, vae_export_path
+from distdiff.train.stages import given_vae_stage, run_dir, vae_export_path
 from distdiff.train.storage import Storage, StorageError
 
 STAGE_OUTPUTS = ("metrics.jsonl", "events.jsonl", "tensorboard", "samples", "export")  # mirrored to remote storage
@@ -199,12 +199,13 @@ def train_seg(cfg: RunConfig) -> dict:
 
 
 def run_pipeline(cfg: RunConfig) -> dict:
-    """VAE, then the stage-2 members, then (if configured) the distributed evaluation, then summary.json."""
+    """VAE (unless `vae.checkpoint` names one), then the stage-2 members, then (if configured) the
+    distributed evaluation, then summary.json."""
     from distdiff.launchers.evaluation import evaluate_run, summary_table
     from distdiff.train.summary import write_summary
 
     directory = prepare_run_dir(cfg)
-    vae = train_vae(cfg)
+    vae = given_vae_stage(cfg) or train_vae(cfg)
     if vae.get("preempted"):
         return {"stages": {"vae": vae}, "preempted": True}
     ldm = _fit(cfg, "ldm", time_samplers=True)  # times the samplers for summary.json

@@ -38,6 +38,15 @@ def vae_export_path(cfg: RunConfig) -> Path:
     return Path(cfg.vae.checkpoint) if cfg.vae.checkpoint else run_dir(cfg) / "vae" / "export" / "vae"
 
 
+def given_vae_stage(cfg: RunConfig) -> dict | None:
+    """Stage 1's record for a pipeline whose stage 2 uses the VAE export `vae.checkpoint`: no VAE is
+    trained then, as stage 2 would not use it. None when stage 1 must train this run's own VAE."""
+    if not cfg.vae.checkpoint:
+        return None
+    print(f"[vae] not trained: stage 2 uses the export vae.checkpoint={cfg.vae.checkpoint}", flush=True)
+    return {"trained": False, "export": cfg.vae.checkpoint, "preempted": False}
+
+
 def _eval_images(cfg: RunConfig, count: int) -> torch.Tensor:
     stream = build_source_stream(cfg.data, count, 0, 1, seed=cfg.seed + 1)
     return next(iter(stream))["image"]

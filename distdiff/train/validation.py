@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from distdiff.config import ConfigError, RunConfig
 from distdiff.data.embedded import embedded_dataset
 from distdiff.models import preset_downsampling
@@ -14,6 +16,13 @@ def _downsampling(family: str, name: str, key: str) -> int:
         return preset_downsampling(family, name)
     except ValueError as err:
         raise ConfigError(f"{key}: {err}") from None
+
+
+def _check_given_vae(checkpoint: str | None) -> None:
+    """A local `vae.checkpoint` must name a VAE export's stem (`<stem>.safetensors` beside `<stem>.json`)."""
+    if checkpoint and "://" not in checkpoint and not Path(f"{checkpoint}.safetensors").expanduser().is_file():
+        raise ConfigError(f"vae.checkpoint={checkpoint}: no VAE export there ({checkpoint}.safetensors is missing); "
+                          "give the stem stage 1 printed, e.g. runs/NAME/vae/export/vae")
 
 
 def _check_accumulation(cfg: RunConfig, stage: str) -> None:
@@ -93,6 +102,8 @@ def validate_run(cfg: RunConfig, stage: str = "all") -> None:
                           f"{h}x{w} images of {cfg.data.source}")
     if stage == "vae":
         return
+    if cfg.space == "latent":
+        _check_given_vae(cfg.vae.checkpoint)
     size = (h // f, w // f) if cfg.space == "latent" else (h, w)
     nets = []
     if cfg.ldm.enabled:
