@@ -7,6 +7,7 @@ from pathlib import Path
 from distdiff.config import ConfigError, RunConfig
 from distdiff.data.embedded import embedded_dataset
 from distdiff.models import preset_downsampling
+from distdiff.models.export import weight_paths
 from distdiff.train.data_source import describe_source
 
 
@@ -19,9 +20,13 @@ def _downsampling(family: str, name: str, key: str) -> int:
 
 
 def _check_given_vae(checkpoint: str | None) -> None:
-    """A local `vae.checkpoint` must name a VAE export's stem (`<stem>.safetensors` beside `<stem>.json`)."""
-    if checkpoint and "://" not in checkpoint and not Path(f"{checkpoint}.safetensors").expanduser().is_file():
-        raise ConfigError(f"vae.checkpoint={checkpoint}: no VAE export there ({checkpoint}.safetensors is missing); "
+    """A local `vae.checkpoint` must name a VAE export: its stem or either of its two files, as
+    `load_weights` reads them (`weight_paths`)."""
+    if not checkpoint or "://" in checkpoint:
+        return
+    missing = [str(p) for p in weight_paths(Path(checkpoint).expanduser()) if not p.is_file()]
+    if missing:
+        raise ConfigError(f"vae.checkpoint={checkpoint}: no VAE export there ({' and '.join(missing)} missing); "
                           "give the stem stage 1 printed, e.g. runs/NAME/vae/export/vae")
 
 
