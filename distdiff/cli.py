@@ -86,13 +86,16 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> dict:
     if args.command in stages:
         launcher.prepare_run_dir(cfg)
         return stages[args.command](cfg)
-    started = time.perf_counter()
+    from distdiff.provenance import provenance, utc_now
+
+    started, started_utc = time.perf_counter(), utc_now()
     summary = launcher.run_pipeline(cfg)
     if args.command == "trilemma" and not summary.get("preempted"):
         from distdiff.train.stages import run_dir
         from distdiff.trilemma import study_markdown, write_study
 
-        study = write_study(cfg, summary, run_dir(cfg), time.perf_counter() - started)
+        record = provenance(["distdiff", *args.argv], started_utc)
+        study = write_study(cfg, summary, run_dir(cfg), time.perf_counter() - started, record)
         print(study_markdown(study), flush=True)
         print(f"study written to {run_dir(cfg)}/trilemma.{{json,md,png}} and trilemma-curves.png", flush=True)
     return summary
@@ -104,7 +107,9 @@ PREEMPTED_EXIT = 75
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `distdiff` command and of `launch/*.py`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded with a study's results
     try:
         cfg = resolve(args)
     except (ConfigError, FileNotFoundError) as err:

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from distdiff.config import RunConfig
+from distdiff.provenance import describe
 
 # The tiny, minutes-long variant the tests run (`--quick`): the same code path on a few hundred images.
 QUICK_OVERRIDES = (
@@ -121,6 +122,8 @@ def study_markdown(study: dict) -> str:
                   f"{results['batch_size']}, after one untimed warm-up call, summed over workers. Wall time of "
                   "the study: "
                   f"{study['wall_seconds'] / 60:.1f} min."]
+    if study.get("provenance"):
+        lines += ["", describe(study["provenance"])]
     return "\n".join(lines) + "\n"
 
 
@@ -192,12 +195,16 @@ def plot_curves(metrics_path: Path, path: Path) -> Path | None:
     return path
 
 
-def write_study(cfg: RunConfig, summary: dict, directory: Path, wall_seconds: float) -> dict:
-    """Build the study record from a finished pipeline and write trilemma.json / .md / .png."""
+def write_study(cfg: RunConfig, summary: dict, directory: Path, wall_seconds: float,
+                provenance: dict | None = None) -> dict:
+    """Build the study record from a finished pipeline and write trilemma.json / .md / .png.
+
+    `provenance` (see `distdiff.provenance`): the command, its start and end, the host and the commit.
+    """
     results = summary["evaluation_results"]
     study = {"name": cfg.name, "metric": results["metric"], "evaluation": results,
              "targets": check_targets(results), "training": summary["stages"], "sampling": summary["sampling"],
-             "wall_seconds": wall_seconds}
+             "wall_seconds": wall_seconds, "provenance": provenance}
     (directory / "trilemma.json").write_text(json.dumps(study, indent=1))
     (directory / "trilemma.md").write_text(study_markdown(study))
     plot_study(study, directory / "trilemma.png")

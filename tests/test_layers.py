@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distdiff"
 
 # What each part of distdiff may import besides itself ("*": any part of the library).
 LIBRARY = {"launchers", "train", "eval", "data", "tasks", "models", "diffusion", "losses", "nn", "config", "images",
-           "console", "text"}
+           "console", "text", "provenance"}
 ALLOWED = {
     "cli": LIBRARY | {"trilemma", "make_shards", "segment", "sample"},  # the command line and the entry modules it runs
     "trilemma": LIBRARY,
@@ -37,6 +37,7 @@ ALLOWED = {
     "images": set(),
     "console": set(),
     "text": set(),  # the caption tokenizer (torch only)
+    "provenance": set(),  # host, code and time of a measured run (torch and the standard library)
     "distdiff": set(),  # the package's own __init__
     # Scaffolding: benchmarks and test servers may use anything; nothing in the library uses them.
     "bench": LIBRARY | {"testing"},

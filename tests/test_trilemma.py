@@ -61,8 +61,12 @@ def test_quick_study_trains_scores_and_charts(tmp_path, quick_classifier_stem):
     assert rows["gan-1step"]["nfe"] == 1 and rows["ddgan-4step"]["nfe"] == 4
     assert set(study["targets"]) == {"fid_ratio", "speedup", "param_ratio", "coverage_ratio",
                                      "ddgan_covers_more_than_gan"}
+    record = study["provenance"]  # what ran, where and when: the study's figures need it to be checked
+    assert record["command"][:2] == ["distdiff", "trilemma"] and "--quick" in record["command"]
+    assert record["host"]["torch"] and record["started_utc"] <= record["finished_utc"]
     markdown = (run / "trilemma.md").read_text()
     assert markdown == study_markdown(study) and "GAN-1" in markdown and "Reference data" in markdown
+    assert "This invocation ran from " + record["started_utc"] in markdown
     assert (run / "trilemma.png").stat().st_size > 10_000
     assert (run / "trilemma-curves.png").stat().st_size > 10_000
     assert (run / "eval" / "comparison.png").is_file()
