@@ -55,8 +55,8 @@ def host() -> dict:
     """The machine: CPU model and cores, GPU if any, and what changes the arithmetic: the vector
     instructions torch's CPU kernels dispatch to (AVX2, AVX512, ...) and the library versions."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "gpu": gpu, "torch": torch.__version__,
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "platform": platform.platform()}
 
